@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
 from pathlib import Path
@@ -19,9 +20,15 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_partial(args: argparse.Namespace) -> int:
+    from ipnp.data.dataset import PartialDataset
     from ipnp.data.partial import simulate_partial_labels
 
-    simulate_partial_labels(args.src, args.out, keep=args.keep, seed=args.seed, overwrite=args.overwrite)
+    counts = simulate_partial_labels(args.src, args.out, keep=args.keep, seed=args.seed, overwrite=args.overwrite)
+    ds = PartialDataset(args.out)
+    print(f"wrote {args.out}: {len(ds.training_ids)} training cases, {args.keep:.0%} of present organs kept per case")
+    print(f"{'id':>3}  {'organ':<24} labeled cases")
+    for organ, n in counts.items():
+        print(f"{organ:>3}  {ds.organ_names[organ]:<24} {n}")
     return 0
 
 
@@ -33,7 +40,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     else:
         from ipnp.data.convert.openkbp import convert_openkbp
 
-        convert_openkbp(args.src, args.out, split=args.split, overwrite=args.overwrite)
+        convert_openkbp(args.src, args.out, split=args.split, test_split=args.test_split, overwrite=args.overwrite)
     return 0
 
 
@@ -77,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", choices=["amos", "openkbp"])
     p.add_argument("src", type=Path, help="AMOS22 root, or an OpenKBP provided-data folder")
     p.add_argument("out", type=Path, help="output dataset folder")
-    p.add_argument("--split", default="train-pats", help="OpenKBP split folder (default train-pats)")
+    p.add_argument("--split", default="train-pats", help="OpenKBP split for training cases (default train-pats)")
+    p.add_argument("--test-split", default=None, help="OpenKBP split for test cases, e.g. validation-pats")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_cmd_convert)
 
@@ -89,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s")
     try:
         return args.func(args)
     except IpnpError as exc:

@@ -3,9 +3,10 @@
 A dataset is an nnU-Net v2 raw folder (``dataset.json``, ``imagesTr/<case>_0000.nii.gz``,
 ``labelsTr/<case>.nii.gz``, optional ``imagesTs/``, ``labelsTs/``) plus two optional extras:
 
-- ``partial_labels.json``: ``{case: [organ ids or names that were annotated]}`` for training cases. In a
-  case's ``labelsTr`` mask, voxels of unlisted organs are 0 but mean *unknown*, not background. Without
-  the file every case is fully labeled.
+- ``partial_labels.json``: ``{case: [organ ids or names that were annotated]}`` for training cases (and
+  for test cases whose references are partial too). In a case's label mask, voxels of unlisted organs are
+  0 but mean *unknown*, not background. A case missing from the file, or every case when there is no
+  file, is fully labeled.
 - ``labelsTr_full/``: complete labels, for scoring pseudo-labels in simulations only. Training never reads it.
 """
 
@@ -182,7 +183,7 @@ class PartialDataset:
         return self._identifiers(IMAGES_TS)
 
     def labeled_organs(self, case_id: str) -> frozenset[int]:
-        """Organs annotated in a training case (all organs when there is no manifest entry)."""
+        """Organs annotated in a case (all organs when the manifest does not list it)."""
         if self.manifest is None or case_id not in self.manifest:
             return frozenset(self.organ_ids)
         return self.manifest[case_id] & frozenset(self.organ_ids)
@@ -204,10 +205,7 @@ class PartialDataset:
         label_dir = self.root / (LABELS_TR if split == "train" else LABELS_TS)
         label = label_dir / f"{case_id}{self.file_ending}"
         full = self.root / LABELS_TR_FULL / f"{case_id}{self.file_ending}"
-        if split == "train":
-            labeled = self.labeled_organs(case_id)
-        else:
-            labeled = frozenset(self.organ_ids) if label.is_file() else frozenset()
+        labeled = self.labeled_organs(case_id) if label.is_file() or split == "train" else frozenset()
         return Case(
             case_id=case_id,
             image_paths=self.image_paths(case_id, split),
