@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
@@ -90,6 +91,25 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise IpnpError(f"{path}: expected one channel per file, found {image.GetNumberOfComponentsPerPixel()}")
     return sitk.GetArrayFromImage(image), Geometry.of(image)
+
+
+def read_voxels(path: str | os.PathLike) -> np.ndarray:
+    """The stored voxel values of an image, for content checks only (axis order is unspecified).
+
+    NIfTI files are read with nibabel, which rejects truncated files and keeps NaN and infinity;
+    SimpleITK silently zero-fills a truncated ``.nii.gz`` and maps NaN and infinity to 0, so it would
+    hide exactly the defects a check looks for.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IpnpError(f"{path}: file not found")
+    if not path.name.endswith((".nii", ".nii.gz")):
+        return read_image(path)[0]
+    try:
+        image = nib.load(str(path))
+        return np.asanyarray(image.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files; all mean "unreadable"
+        raise IpnpError(f"{path}: cannot read image ({_first_line(exc)})") from exc
 
 
 def _first_line(exc: BaseException) -> str:

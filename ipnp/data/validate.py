@@ -23,7 +23,7 @@ from ipnp.data.dataset import (
     MANIFEST,
     PartialDataset,
 )
-from ipnp.data.io import Geometry, read_header, read_image
+from ipnp.data.io import Geometry, read_header, read_voxels
 from ipnp.errors import IpnpError
 
 log = logging.getLogger(__name__)
@@ -112,14 +112,18 @@ def _check_case(ds: PartialDataset, case_id: str, split: str, problems: _Collect
             problems.error(path, f"case {case_id}: image channel file is missing")
             continue
         try:
-            array, geometry = read_image(path)
+            shape, geometry, components = read_header(path)
+            array = read_voxels(path)
         except IpnpError as exc:
             problems.error(path, _reason(exc, path))
             continue
+        if len(shape) != 3 or components != 1:
+            problems.error(path, f"expected a 3D single-channel image, found shape {shape} with {components} component(s)")
+            continue
         if reference is None:
-            reference = (array.shape, geometry)
+            reference = (shape, geometry)
             _check_spacing(path, geometry, problems)
-        elif array.shape != reference[0] or geometry.mismatch(reference[1]):
+        elif shape != reference[0] or geometry.mismatch(reference[1]):
             problems.error(path, "channels differ in shape or geometry")
         finite = np.isfinite(array)
         if not finite.all():
@@ -158,7 +162,7 @@ def _check_label(
         return None
     try:
         shape, geometry, _ = read_header(path)
-        array, _ = read_image(path)
+        array = read_voxels(path)
     except IpnpError as exc:
         problems.error(path, _reason(exc, path))
         return None
