@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from ipnp.specialist.losses import LABELED, PSEUDO, UNKNOWN, MarginalDiceCELoss, PartialBCEDiceLoss
+
+
+def _batch(b=2, c=4, shape=(6, 7, 5), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(b, c, *shape, generator=g)
+    target = torch.randint(0, c, (b, 1, *shape), generator=g).float()
+    return logits, target
+
+
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_marginal_equals_stock_when_everything_is_labeled(batch_dice):
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    logits, target = _batch()
+    stock = DC_and_CE_loss(
+        {"batch_dice": batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, dice_class=MemoryEfficientSoftDiceLoss
+    )
+    ours = MarginalDiceCELoss(batch_dice=batch_dice)
+    ours.status = torch.full((2, 4), LABELED, dtype=torch.int8)
+    torch.testing.assert_close(ours(logits, target), stock(logits, target))
+    ours.status = None  # no table means the same
+    torch.testing.assert_close(ours(logits, target), stock(logits, target))
+
+
+def test_unknown_organ_predicted_on_its_voxels_costs_nothing():
+    """Organ 2 is unknown in the case: its voxels are 0 in the mask. Predicting 2 there must not be penalised."""
+    shape = (4, 4, 4)
+    target = torch.zeros(1, 1, *shape)
+    target[0, 0, :2] = 1  # organ 1 labeled in the upper half
+    organ2 = torch.zeros(shape, dtype=torch.bool)
+    organ2[2:, :2] = True  # where organ 2 really is, but unlabeled (0)
+    confident = lambda cls: torch.nn.functional.one_hot(cls, 3).permute(3, 0, 1, 2)[None].float() * 20
+    truth = torch.where(target[0, 0] == 1, 1, torch.where(organ2, 2, 0)).long()
+    as_background = torch.where(target[0, 0] == 1, 1, 0).long()
+
+    loss = MarginalDiceCELoss(batch_dice=False)
+    loss.status = torch.tensor([[LABELED, LABELED, UNKNOWN]], dtype=torch.int8)
+    assert loss(confident(truth), target).item() == pytest.approx(loss(confident(as_background), target).item(), abs=1e-6)
+    # The same organ, once labeled, is penalised when predicted where the mask says background.
+    loss.status = torch.tensor([[LABELED, LABELED, LABELED]], dtype=torch.int8)
+    assert loss(confident(truth), target) > loss(confident(as_background), target) + 1.0
+
+
+def test_unknown_organ_gets_no_gradient_but_background_probability_does():
+    logits, target = _batch(b=1, c=3)
+    target = torch.where(target == 2, 0, target)  # organ 2 unknown: never in the mask
+    logits.requires_grad_(True)
+    loss = MarginalDiceCELoss(batch_dice=False)
+    loss.status = torch.tensor([[LABELED, LABELED, UNKNOWN]], dtype=torch.int8)
+    loss(logits, target).backward()
+    # Raising organ 2's logit on a background voxel moves mass inside the merged class: the CE part is blind
+    # to it, so its gradient there equals the background logit's share only through softmax normalisation.
+    grad = logits.grad[0]
+    bg = target[0, 0] == 0
+    assert torch.allclose(grad[0][bg] / torch.softmax(logits, 1)[0, 0][bg].detach(),
+                          grad[2][bg] / torch.softmax(logits, 1)[0, 2][bg].detach(), atol=1e-5)
+
+
+def test_vls_keeps_only_agreeing_pseudo_voxels_and_all_true_ones():
+    shape = (4, 4, 4)
+    target = torch.zeros(1, 1, *shape)
+    target[0, 0, :2] = 1  # organ 1: ground truth
+    target[0, 0, 2:, :2] = 2  # organ 2: pseudo-label
+    logits = torch.zeros(1, 3, *shape)
+    logits[0, 0] = 5.0  # the network predicts background everywhere: disagrees with both organs
+    status = torch.tensor([[LABELED, LABELED, PSEUDO]], dtype=torch.int8)
+    vls, plain = MarginalDiceCELoss(False, voxel_selection=True), MarginalDiceCELoss(False)
+    vls.status = plain.status = status
+    # Changing the logits on pseudo voxels where the network disagrees cannot change the VLS loss...
+    moved = logits.clone()
+    moved[0, 2][target[0, 0] == 2] = -3.0
+    assert vls(moved, target) == pytest.approx(vls(logits, target).item(), abs=1e-6)
+    assert plain(moved, target) != pytest.approx(plain(logits, target).item(), abs=1e-3)
+    # ...while the disagreeing true-label voxels of organ 1 still count.
+    moved = logits.clone()
+    moved[0, 1][target[0, 0] == 1] = 4.0
+    assert vls(moved, target) < vls(logits, target) - 0.1
+    # Once the network agrees on a pseudo voxel, that voxel counts.
+    agree = logits.clone()
+    agree[0, 2][target[0, 0] == 2] = 10.0
+    agree_more = agree.clone()
+    agree_more[0, 2][target[0, 0] == 2] = 12.0
+    assert vls(agree_more, target) < vls(agree, target)
+
+
+def test_partial_sup_ignores_unlabeled_channels():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 5, 5, 5, generator=g)
+    target = (torch.rand(2, 3, 5, 5, 5, generator=g) > 0.7).float()
+    loss = PartialBCEDiceLoss(batch_dice=False)
+    loss.status = torch.tensor([[LABELED, LABELED, UNKNOWN, LABELED], [LABELED, UNKNOWN, LABELED, LABELED]], dtype=torch.int8)
+    base = loss(logits, target)
+    scrambled = logits.clone()
+    scrambled[0, 1] = torch.randn(5, 5, 5, generator=g) * 10  # organ 2 of case 0: unknown
+    scrambled[1, 0] = -scrambled[1, 0]  # organ 1 of case 1: unknown
+    assert loss(scrambled, target) == pytest.approx(base.item(), abs=1e-6)
+    scrambled[0, 0] = -scrambled[0, 0]  # organ 1 of case 0 is labeled: counts
+    assert loss(scrambled, target) != pytest.approx(base.item(), abs=1e-4)
+
+
+def test_partial_sup_matches_nnunet_bce_dice_when_everything_is_labeled():
+    from nnunetv2.training.loss.compound_losses import DC_and_BCE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 3, 5, 5, 5, generator=g)
+    target = (torch.rand(2, 3, 5, 5, 5, generator=g) > 0.7).float()
+    stock = DC_and_BCE_loss({}, {"batch_dice": False, "do_bg": True, "smooth": 1e-5, "ddp": False}, dice_class=MemoryEfficientSoftDiceLoss)
+    torch.testing.assert_close(PartialBCEDiceLoss(batch_dice=False)(logits, target), stock(logits, target))
