@@ -44,6 +44,32 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from ipnp.evaluation.evaluate import evaluate_command
+
+    return evaluate_command(args.pred, args.gt, args.out, manifest=args.manifest, labels=args.labels)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ipnp.specialist.train import train_specialist
+
+    model = train_specialist(
+        args.dataset, args.out, args.method, args.profile, labels_dir=args.labels, epochs=args.epochs,
+        iterations=args.iterations, device=args.device, resume=args.resume,
+    )
+    print(f"trained {args.method} specialist: {model}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from ipnp.specialist.predict import Specialist
+
+    specialist = Specialist(args.run, device=args.device, mirroring=args.mirroring)
+    specialist.predict_folder(args.images, args.out, probabilities=args.probabilities, overwrite=args.overwrite)
+    print(f"wrote predictions to {args.out}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from ipnp.data.validate import Severity, validate_dataset
 
@@ -89,6 +115,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_cmd_convert)
 
+    p = sub.add_parser("train", help="train a specialist (nnU-Net v2) with one of the paper's losses")
+    p.add_argument("dataset", type=Path, help="dataset folder (read only)")
+    p.add_argument("--out", type=Path, required=True, help="run folder for the model and nnU-Net's files")
+    p.add_argument("--method", default="marginal", choices=["full-sup", "partial-sup", "marginal", "ipnp", "ipnp-novls"])
+    p.add_argument("--profile", default="tiny", choices=["tiny", "quick", "default"])
+    p.add_argument("--labels", type=Path, help="folder of label maps used instead of labelsTr (e.g. merged pseudo-labels)")
+    p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
+    p.add_argument("--iterations", type=int, help="override the profile's iterations per epoch")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted training in --out")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("predict", help="predict label maps (and probabilities) with a trained specialist")
+    p.add_argument("run", type=Path, help="run folder written by 'ipnp train'")
+    p.add_argument("images", type=Path, help="folder of <case>_0000.nii.gz images")
+    p.add_argument("out", type=Path, help="output folder")
+    p.add_argument("--probabilities", action="store_true", help="also write <case>.npz with float16 probabilities")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--mirroring", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time mirroring (default: on for the default profile, off for tiny and quick)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("evaluate", help="score predicted label maps: per-organ DSC and HD95 (mm)")
+    p.add_argument("pred", type=Path, help="folder of predicted label maps <case>.nii.gz (read only)")
+    p.add_argument("gt", type=Path, help="folder of reference label maps, e.g. DATASET/labelsTs (read only)")
+    p.add_argument("--out", type=Path, required=True, help="folder for per_case.csv, summary.json, summary.md")
+    p.add_argument("--manifest", type=Path, help="partial_labels.json: score a listed case only on its listed organs")
+    p.add_argument("--labels", type=Path, help="dataset.json naming the organs (default: in PRED, else beside GT)")
+    p.set_defaults(func=_cmd_evaluate)
+
     p = sub.add_parser("validate", help="check a dataset; exit 1 if it has errors")
     p.add_argument("dataset", type=Path)
     p.set_defaults(func=_cmd_validate)
@@ -97,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    logging.getLogger("ipnp").setLevel(logging.DEBUG if args.debug else logging.INFO)
     try:
         return args.func(args)
     except IpnpError as exc:

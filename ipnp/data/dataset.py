@@ -61,16 +61,17 @@ class Case:
         """The (partial) label map as a uint8 (z, y, x) array."""
         if self.label_path is None:
             raise IpnpError(f"case {self.case_id}: has no label file")
-        return _read_label(self.label_path)
+        return read_label(self.label_path)
 
     def load_full_label(self) -> tuple[np.ndarray, Geometry]:
         """The complete label map from ``labelsTr_full``, for scoring only."""
         if self.full_label_path is None:
             raise IpnpError(f"case {self.case_id}: has no complete label in {LABELS_TR_FULL}/")
-        return _read_label(self.full_label_path)
+        return read_label(self.full_label_path)
 
 
-def _read_label(path: Path) -> tuple[np.ndarray, Geometry]:
+def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
+    """A label map as uint8 (z, y, x); non-integer values or ids outside 0..255 raise IpnpError."""
     array, geometry = read_image(path)
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
