@@ -1,0 +1,82 @@
+"""Training profiles as nnU-Net plans variants derived from the dataset's own ``3d_fullres`` plans.
+
+A profile adds one configuration to ``plans.json`` that inherits ``3d_fullres`` (so it shares its spacing,
+normalisation and preprocessed data) and replaces the network and patch when the profile says so.
+
+- ``tiny``: for tests; a 4-stage, 1-conv-per-stage U-Net (8..64 features), ~0.35 s per step on 2 CPU cores.
+- ``quick``: for CPU benchmarks and the demo; a small U-Net that learns the phantoms in minutes.
+- ``default``: nnU-Net's own ``3d_fullres`` and schedule (1000 epochs x 250 iterations), for GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ipnp.errors import IpnpError
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    epochs: int
+    iterations_per_epoch: int
+    val_iterations: int
+    features: tuple[int, ...] | None = None  # None: keep nnU-Net's planned network
+    convs_per_stage: int = 2
+    patch_size: tuple[int, int, int] | None = None
+    batch_size: int | None = None
+
+    @property
+    def configuration(self) -> str:
+        return "3d_fullres" if self.features is None else f"ipnp_{self.name}"
+
+
+PROFILES = {
+    "tiny": Profile("tiny", epochs=2, iterations_per_epoch=4, val_iterations=1, features=(8, 16, 32, 64), convs_per_stage=1, patch_size=(32, 64, 64), batch_size=2),
+    "quick": Profile("quick", epochs=40, iterations_per_epoch=40, val_iterations=2, features=(16, 32, 64, 128), convs_per_stage=1, patch_size=(48, 64, 64), batch_size=2),
+    "default": Profile("default", epochs=1000, iterations_per_epoch=250, val_iterations=50),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise IpnpError(f"--profile {name}: unknown profile; choose one of {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def add_profile_configuration(plans: dict, profile: Profile) -> str:
+    """Add the profile's configuration to ``plans`` (in place) and return its name."""
+    if profile.features is None:
+        return profile.configuration
+    base = plans["configurations"]["3d_fullres"]
+    arch = base["architecture"]
+    n = len(profile.features)
+    kwargs = dict(arch["arch_kwargs"])
+    planned_strides = kwargs["strides"]
+    # Keep nnU-Net's anisotropy-aware strides for the stages the small network has.
+    strides = [list(s) for s in planned_strides[:n]]
+    kernels = [list(k) for k in kwargs["kernel_sizes"][:n]]
+    patch = _fit_patch(profile.patch_size, base["patch_size"], strides)
+    kwargs.update(
+        n_stages=n,
+        features_per_stage=list(profile.features),
+        kernel_sizes=kernels,
+        strides=strides,
+        n_conv_per_stage=[profile.convs_per_stage] * n,
+        n_conv_per_stage_decoder=[profile.convs_per_stage] * (n - 1),
+    )
+    plans["configurations"][profile.configuration] = {
+        "inherits_from": "3d_fullres",
+        "patch_size": patch,
+        "batch_size": profile.batch_size or base["batch_size"],
+        "architecture": {**arch, "arch_kwargs": kwargs},
+    }
+    return profile.configuration
+
+
+def _fit_patch(wanted: tuple[int, int, int], planned: list[int], strides: list[list[int]]) -> list[int]:
+    """The wanted patch, no larger than nnU-Net's planned one, divisible by the network's total stride."""
+    total = [1, 1, 1]
+    for stride in strides:
+        total = [t * s for t, s in zip(total, stride)]
+    return [max(t, (min(w, p) // t) * t) for w, p, t in zip(wanted, planned, total)]
