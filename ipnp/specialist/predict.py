@@ -53,7 +53,6 @@ class Specialist:
                 device=self.device, verbose=False, verbose_preprocessing=False, allow_tqdm=False,
             )
             self._predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(FOLD,), checkpoint_name=checkpoint)
-        self.organ_names = {i: n for n, i in self._predictor.dataset_json["labels"].items() if n != "background"}
 
     @property
     def is_softmax(self) -> bool:

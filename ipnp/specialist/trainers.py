@@ -139,7 +139,8 @@ def organs_as_regions(dataset_json: dict) -> dict:
     """Rewrite ``labels`` so that every organ is its own nnU-Net region: one sigmoid output per organ.
 
     At inference nnU-Net thresholds each sigmoid at 0.5 and paints regions in ``regions_class_order``, so
-    where organs overlap the later id wins.
+    where organs overlap the later id wins. nnU-Net counts a label as a region only when its list has more
+    than one entry, hence ``[id, id]``.
     """
     labels = dataset_json["labels"]
     if any(isinstance(v, (list, tuple)) for v in labels.values()):
@@ -147,7 +148,7 @@ def organs_as_regions(dataset_json: dict) -> dict:
     organs = sorted((i, n) for n, i in labels.items() if i != 0)
     return {
         **dataset_json,
-        "labels": {"background": 0, **{n: [i] for i, n in organs}},
+        "labels": {"background": 0, **{n: [i, i] for i, n in organs}},
         "regions_class_order": [i for i, _ in organs],
     }
 

@@ -1,0 +1,134 @@
+"""End to end on phantoms with the tiny profile: train, predict, evaluate, through the real nnU-Net stack."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import tree_digest
+from ipnp.cli import main
+from ipnp.data import PartialDataset
+from ipnp.data.partial import simulate_partial_labels
+from ipnp.data.synth import synthesize_dataset
+from ipnp.specialist.losses import LABELED, PSEUDO, UNKNOWN
+
+FAST = ["--profile", "tiny", "--epochs", "2", "--iterations", "2", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def partial(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("specialist")
+    synthesize_dataset(root / "full", n_train=8, n_test=1, seed=0)
+    simulate_partial_labels(root / "full", root / "partial", keep=0.67, seed=0)
+    return root / "partial"
+
+
+@pytest.fixture(scope="module")
+def marginal_run(partial, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "marginal"
+    before = tree_digest(partial)
+    assert main(["train", str(partial), "--out", str(run), "--method", "marginal", *FAST]) == 0
+    assert tree_digest(partial) == before  # the input dataset is never written
+    return run
+
+
+def test_marginal_training_records_a_model_nnunet_can_find(marginal_run):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    record = json.loads((marginal_run / "specialist.json").read_text())
+    assert record["method"] == "marginal" and record["configuration"] == "ipnp_tiny" and record["epochs"] == 2
+    model = marginal_run / record["model_dir"]
+    assert (model / "fold_all" / "checkpoint_final.pth").is_file()
+    plans = json.loads((model / "plans.json").read_text())
+    arch = plans["configurations"]["ipnp_tiny"]["architecture"]["arch_kwargs"]
+    assert arch["features_per_stage"] == [8, 16, 32, 64] and arch["n_conv_per_stage"] == [1, 1, 1, 1]
+    trainer = recursive_find_trainer_class_by_name(record["trainer"])
+    assert trainer.__name__ == "nnUNetTrainer_ipnpMarginal"
+
+
+def test_status_comes_from_the_manifest_through_batch_keys(marginal_run, partial):
+    from ipnp.specialist.train import _build_trainer
+
+    ds = PartialDataset(partial)
+    record = json.loads((marginal_run / "specialist.json").read_text())
+    preprocessed = marginal_run / "nnunet" / "preprocessed" / "Dataset501_ipnp"
+    import torch
+
+    trainer = _build_trainer(record["trainer"], preprocessed, record["configuration"], torch.device("cpu"), resume=False)
+    trainer.initialize()
+    cases = ds.training_ids[:2]
+    trainer._set_status(np.array(cases))
+    status = trainer._status_loss.status.numpy()
+    for row, case in zip(status, cases):
+        assert row[0] == LABELED
+        assert {i for i in ds.organ_ids if row[i] == LABELED} == ds.labeled_organs(case)
+        assert {i for i in ds.organ_ids if row[i] == UNKNOWN} == ds.unknown_organs(case)
+
+
+def test_prediction_probabilities_sum_to_one_in_raw_geometry(marginal_run, partial):
+    from ipnp.specialist.predict import Specialist
+
+    specialist = Specialist(marginal_run, device="cpu")
+    case = PartialDataset(partial).case(PartialDataset(partial).test_ids[0], "test")
+    image, geometry = case.load_image()
+    labels, probs = specialist.predict(image, geometry)
+    assert labels.shape == image.shape[1:] and labels.dtype == np.uint8
+    assert probs.shape == (16, *image.shape[1:]) and probs.dtype == np.float16
+    np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
+    assert np.mean(probs.argmax(0) == labels) > 0.99
+
+
+def test_predict_and_evaluate_cli(marginal_run, partial, tmp_path):
+    pred = tmp_path / "pred"
+    assert main(["predict", str(marginal_run), str(partial / "imagesTs"), str(pred), "--probabilities", "--device", "cpu"]) == 0
+    case = PartialDataset(partial).test_ids[0]
+    assert (pred / f"{case}.nii.gz").is_file()
+    assert np.load(pred / f"{case}.npz")["probabilities"].shape[0] == 16
+    assert main(["evaluate", str(pred), str(partial / "labelsTs"), "--out", str(tmp_path / "eval")]) == 0
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert 0.0 <= summary["mean_dsc"] <= 1.0
+
+
+def test_training_twice_into_one_run_needs_resume(marginal_run, partial, capsys):
+    assert main(["train", str(partial), "--out", str(marginal_run), "--method", "marginal", *FAST]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    mtime = (marginal_run / "specialist.json").stat().st_mtime
+    checkpoint = next(marginal_run.rglob("checkpoint_final.pth"))
+    weights = checkpoint.read_bytes()
+    assert main(["train", str(partial), "--out", str(marginal_run), "--method", "marginal", "--resume", *FAST]) == 0
+    assert checkpoint.read_bytes() == weights  # a finished training is not redone
+    assert (marginal_run / "specialist.json").stat().st_mtime >= mtime
+
+
+def test_partial_sup_trains_one_sigmoid_per_organ(partial, tmp_path):
+    from ipnp.specialist.predict import Specialist
+
+    run = tmp_path / "psup"
+    assert main(["train", str(partial), "--out", str(run), "--method", "partial-sup", *FAST]) == 0
+    specialist = Specialist(run, device="cpu")
+    assert not specialist.is_softmax
+    case = PartialDataset(partial).case(PartialDataset(partial).test_ids[0], "test")
+    image, geometry = case.load_image()
+    labels, probs = specialist.predict(image, geometry)
+    assert probs.shape[0] == 15 and labels.max() <= 15
+    assert 0.0 <= probs.min() and probs.max() <= 1.0
+
+
+def test_ipnp_training_reads_pseudo_labels_from_a_labels_folder(partial, tmp_path):
+    ds = PartialDataset(partial)
+    labels = tmp_path / "merged"
+    shutil.copytree(partial / "labelsTr_full", labels)  # stands in for ground truth + accepted pseudo-labels
+    pseudo = {c: sorted(ds.unknown_organs(c))[:2] for c in ds.training_ids}
+    (labels / "pseudo_labels.json").write_text(json.dumps(pseudo))
+    run = tmp_path / "ipnp"
+    assert main(["train", str(partial), "--out", str(run), "--method", "ipnp", "--labels", str(labels), *FAST]) == 0
+    status = json.loads((run / "nnunet" / "preprocessed" / "Dataset501_ipnp" / "ipnp_label_status.json").read_text())
+    for case in ds.training_ids:
+        assert status[case]["pseudo"] == pseudo[case]
+        assert status[case]["labeled"] == sorted(ds.labeled_organs(case))
+    linked = run / "nnunet" / "raw" / "Dataset501_ipnp" / "labelsTr" / f"{ds.training_ids[0]}.nii.gz"
+    assert linked.resolve() == (labels / f"{ds.training_ids[0]}.nii.gz").resolve()
+    assert json.loads((run / "specialist.json").read_text())["trainer"] == "nnUNetTrainer_ipnpVLS"
+    assert PSEUDO == 2  # the status codes the table above feeds to the loss
