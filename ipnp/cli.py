@@ -45,9 +45,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from ipnp.evaluation.evaluate import evaluate_command
+    from ipnp.evaluation.evaluate import evaluate_folders, summary_markdown
 
-    return evaluate_command(args.pred, args.gt, args.out, manifest=args.manifest, labels=args.labels)
+    summary = evaluate_folders(args.pred, args.gt, args.out, manifest=args.manifest, labels=args.labels)
+    print(summary_markdown(summary), end="")
+    print(f"wrote per_case.csv, summary.json and summary.md to {args.out}")
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

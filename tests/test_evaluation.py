@@ -8,7 +8,7 @@ from scipy.spatial.distance import cdist
 from conftest import SPACING, write_volume
 from ipnp.errors import IpnpError
 from ipnp.evaluation import dice, evaluate_folders, hd95, score_case
-from ipnp.evaluation.evaluate import evaluate_command
+from ipnp.cli import main
 
 SPACING_ZYX = tuple(reversed(SPACING))  # (3.0, 1.2, 1.5) mm
 SHAPE = (8, 12, 14)
@@ -198,7 +198,7 @@ def test_organs_default_to_the_ids_present(tmp_path, scored):
 
 def test_command_prints_the_table(tmp_path, scored, capsys):
     pred, gt, manifest, _ = scored
-    assert evaluate_command(pred, gt, tmp_path / "eval", manifest=manifest) == 0
+    assert main(["evaluate", str(pred), str(gt), "--out", str(tmp_path / "eval"), "--manifest", str(manifest)]) == 0
     printed = capsys.readouterr().out
     assert "| 3 | kidney | 0.5000 |" in printed and "**Average**" in printed and "wrote per_case.csv" in printed
 

@@ -81,6 +81,27 @@ def read_label(path: Path) -> tuple[np.ndarray, Geometry]:
     return array.astype(np.uint8), geometry
 
 
+def parse_manifest(raw: object, where: Path, by_name: dict[str, int]) -> dict[str, frozenset[int]]:
+    """A parsed ``partial_labels.json``: case -> organ ids, with organ names resolved through ``by_name``.
+
+    Whether the ids are declared is left to the caller, which knows the label set.
+    """
+    if not isinstance(raw, dict):
+        raise IpnpError(f"{where}: expected an object mapping case ids to lists of organ ids")
+    manifest = {}
+    for case_id, organs in raw.items():
+        if not isinstance(organs, list):
+            raise IpnpError(f"{where}: case {case_id}: expected a list of organ ids, got {organs!r}")
+        ids = set()
+        for organ in organs:
+            organ = by_name.get(organ, organ) if isinstance(organ, str) else organ
+            if isinstance(organ, bool) or not isinstance(organ, int):
+                raise IpnpError(f"{where}: case {case_id}: unknown organ {organ!r}")
+            ids.add(organ)
+        manifest[case_id] = frozenset(ids)
+    return manifest
+
+
 @dataclass
 class PartialDataset:
     """A dataset folder in ipnp's convention, opened read-only.
@@ -101,7 +122,8 @@ class PartialDataset:
         self.dataset_json = read_json(self.root / DATASET_JSON)
         self._check_dataset_json()
         manifest_path = self.root / MANIFEST
-        self.manifest = self._parse_manifest(read_json(manifest_path)) if manifest_path.is_file() else None
+        by_name = {name: i for name, i in self.dataset_json["labels"].items()}
+        self.manifest = parse_manifest(read_json(manifest_path), manifest_path, by_name) if manifest_path.is_file() else None
 
     def _check_dataset_json(self) -> None:
         where = self.root / DATASET_JSON
@@ -118,25 +140,6 @@ class PartialDataset:
                 raise IpnpError(f"{where}: label '{name}' has id {value!r}; ids must be integers in 0..255")
         if len(set(labels.values())) != len(labels):
             raise IpnpError(f"{where}: two labels share an id")
-
-    def _parse_manifest(self, raw: object) -> dict[str, frozenset[int]]:
-        where = self.root / MANIFEST
-        if not isinstance(raw, dict):
-            raise IpnpError(f"{where}: expected an object mapping case ids to lists of organ ids")
-        by_name = {name: i for name, i in self.dataset_json["labels"].items()}
-        manifest = {}
-        for case_id, organs in raw.items():
-            if not isinstance(organs, list):
-                raise IpnpError(f"{where}: case {case_id}: expected a list of organ ids, got {organs!r}")
-            ids = set()
-            for organ in organs:
-                if isinstance(organ, str) and organ in by_name:
-                    organ = by_name[organ]
-                if isinstance(organ, bool) or not isinstance(organ, int):
-                    raise IpnpError(f"{where}: case {case_id}: unknown organ {organ!r}")
-                ids.add(organ)
-            manifest[case_id] = frozenset(ids)
-        return manifest
 
     @property
     def file_ending(self) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ipnp.data.dataset import DATASET_JSON, read_label
+from ipnp.data.dataset import DATASET_JSON, parse_manifest, read_label
 from ipnp.data.io import atomic_path, read_json, write_json
 from ipnp.errors import IpnpError
 from ipnp.evaluation.metrics import score_case
@@ -113,20 +113,6 @@ def evaluate_folders(
     with atomic_path(out_dir / SUMMARY_MD) as tmp:
         tmp.write_text(summary_markdown(summary))
     return summary
-
-
-def evaluate_command(
-    pred_dir: str | os.PathLike,
-    gt_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    manifest: str | os.PathLike | None = None,
-    labels: str | os.PathLike | None = None,
-) -> int:
-    """The body of ``ipnp evaluate``: evaluate, print the per-organ table, return the exit status."""
-    summary = evaluate_folders(pred_dir, gt_dir, out_dir, manifest=manifest, labels=labels)
-    print(summary_markdown(summary), end="")
-    print(f"wrote {PER_CASE_CSV}, {SUMMARY_JSON} and {SUMMARY_MD} to {out_dir}")
-    return 0
 
 
 def summary_markdown(summary: dict) -> str:
@@ -237,21 +223,8 @@ def _organ_names(labels: str | os.PathLike | None, pred_dir: Path, gt_dir: Path)
 
 def _read_manifest(path: Path, names: dict[int, str] | None) -> dict[str, frozenset[int]]:
     """``partial_labels.json`` as case -> labeled organ ids; names need ``names`` to resolve."""
-    raw = read_json(path)
-    if not isinstance(raw, dict):
-        raise IpnpError(f"{path}: expected an object mapping case ids to lists of organ ids")
-    by_name = {name: i for i, name in (names or {}).items()}
-    manifest = {}
-    for case, organs in raw.items():
-        if not isinstance(organs, list):
-            raise IpnpError(f"{path}: case {case}: expected a list of organ ids, got {organs!r}")
-        ids = set()
-        for organ in organs:
-            organ = by_name.get(organ, organ) if isinstance(organ, str) else organ
-            known = isinstance(organ, int) and not isinstance(organ, bool) and (names is None or organ in names)
-            if not known:
-                hint = "; organ names need a dataset.json (--labels)" if names is None else ""
-                raise IpnpError(f"{path}: case {case}: unknown organ {organ!r}{hint}")
-            ids.add(organ)
-        manifest[case] = frozenset(ids)
+    manifest = parse_manifest(read_json(path), path, {name: i for i, name in (names or {}).items()})
+    for case, organs in manifest.items():
+        if names is not None and (unknown := sorted(organs - set(names))):
+            raise IpnpError(f"{path}: case {case}: unknown organ {unknown[0]!r}")
     return manifest
