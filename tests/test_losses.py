@@ -112,3 +112,17 @@ def test_partial_sup_matches_nnunet_bce_dice_when_everything_is_labeled():
     target = (torch.rand(2, 3, 5, 5, 5, generator=g) > 0.7).float()
     stock = DC_and_BCE_loss({}, {"batch_dice": False, "do_bg": True, "smooth": 1e-5, "ddp": False}, dice_class=MemoryEfficientSoftDiceLoss)
     torch.testing.assert_close(PartialBCEDiceLoss(batch_dice=False)(logits, target), stock(logits, target))
+
+
+@pytest.mark.parametrize("vls", [False, True])
+def test_half_precision_logits_give_finite_loss_and_gradients(vls):
+    """On CUDA nnU-Net runs the network under autocast; the loss must not overflow or underflow in float16."""
+    logits, target = _batch(b=2, c=4, shape=(24, 24, 24))
+    logits = (logits * 40).half().requires_grad_(True)  # confident, partly wrong predictions
+    loss = MarginalDiceCELoss(batch_dice=True, voxel_selection=vls)
+    loss.status = torch.tensor([[LABELED, LABELED, UNKNOWN, PSEUDO], [LABELED, UNKNOWN, PSEUDO, LABELED]], dtype=torch.int8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value = loss(logits, target)
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

@@ -16,18 +16,43 @@ UNKNOWN, LABELED, PSEUDO = 0, 1, 2
 
 
 class StatusAwareLoss(nn.Module):
-    """Base: holds the status table of the current batch, set by the trainer before each step."""
+    """Base: holds the status table of the current batch, set by the trainer before each step.
+
+    The table stays on the CPU, where decisions about it cost no device synchronisation; a copy moves to
+    the logits' device once per step. Subclasses compute in float32 with autocast off: sums over a whole
+    patch overflow float16, and tiny merged probabilities underflow it.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.status: torch.Tensor | None = None
+        self._status: torch.Tensor | None = None
+        self._on_device: dict[torch.device, torch.Tensor] = {}
 
-    def _status(self, batch: int, classes: int, device: torch.device) -> torch.Tensor:
-        if self.status is None:  # no table: everything labeled, i.e. nnU-Net's stock behaviour
-            return torch.full((batch, classes), LABELED, dtype=torch.int8, device=device)
-        if tuple(self.status.shape) != (batch, classes):
-            raise ValueError(f"status table has shape {tuple(self.status.shape)}, expected {(batch, classes)}")
-        return self.status.to(device)
+    @property
+    def status(self) -> torch.Tensor | None:
+        return self._status
+
+    @status.setter
+    def status(self, table: torch.Tensor | None) -> None:
+        self._status = None if table is None else table.cpu()
+        self._on_device = {}
+
+    def table(self, batch: int, classes: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The status table on the CPU and on ``device``."""
+        if self._status is None:  # no table: everything labeled, i.e. nnU-Net's stock behaviour
+            self.status = torch.full((batch, classes), LABELED, dtype=torch.int8)
+        if tuple(self._status.shape) != (batch, classes):
+            raise ValueError(f"status table has shape {tuple(self._status.shape)}, expected {(batch, classes)}")
+        if device not in self._on_device:
+            self._on_device[device] = self._status.to(device, non_blocking=True)
+        return self._status, self._on_device[device]
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return self.compute(logits.float(), target)
+
+    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 def _dice_from_sums(
@@ -63,18 +88,18 @@ class MarginalDiceCELoss(StatusAwareLoss):
         super().__init__()
         self.batch_dice, self.smooth, self.voxel_selection = batch_dice, smooth, voxel_selection
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # Everything runs on (b, c, voxels) views, and the Dice sums are gathered and scattered by target
         # index instead of through a one-hot tensor: that keeps this loss about as cheap as nnU-Net's.
         b, c = logits.shape[:2]
-        status = self._status(b, c, logits.device)
-        log_p = F.log_softmax(logits.float().reshape(b, c, -1), 1)
+        host, status = self.table(b, c, logits.device)
+        log_p = F.log_softmax(logits.reshape(b, c, -1), 1)
         p = log_p.exp()
         t = target.reshape(b, 1, -1).long()
         log_p_target = log_p.gather(1, t)
 
-        unknown = (status == UNKNOWN).to(p.dtype)[:, None]
-        if unknown.any():
+        if (host == UNKNOWN).any():
+            unknown = (status == UNKNOWN).to(p.dtype)[:, None]
             # log(p_bg + sum of unknown p): logaddexp keeps the background's gradient exact even where the
             # unknown organs' probability underflows.
             p_unknown = torch.bmm(unknown, p).clamp_min(1e-38)
@@ -88,11 +113,12 @@ class MarginalDiceCELoss(StatusAwareLoss):
             mask = (~pseudo_voxel | agrees).to(p.dtype)
             ce = -(log_p_target * mask).sum() / mask.sum().clamp_min(1)
             sum_pred = torch.bmm(p, mask.transpose(1, 2))[..., 0]
+            p_target = p.gather(1, t) * mask
         else:
             mask = torch.ones_like(log_p_target)
             ce = -log_p_target.mean()
             sum_pred = p.sum(2)
-        p_target = p.gather(1, t) * mask
+            p_target = p.gather(1, t)
         intersect = torch.zeros(b, c, device=p.device, dtype=p.dtype).scatter_add(1, t[:, 0], p_target[:, 0])
         sum_gt = torch.zeros(b, c, device=p.device, dtype=p.dtype).scatter_add_(1, t[:, 0], mask[:, 0])
         known = status[:, 1:] != UNKNOWN
@@ -111,10 +137,9 @@ class PartialBCEDiceLoss(StatusAwareLoss):
         super().__init__()
         self.batch_dice, self.smooth = batch_dice, smooth
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = logits.float()
+    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         b, c = logits.shape[:2]
-        known = self._status(b, c + 1, logits.device)[:, 1:] != UNKNOWN
+        known = self.table(b, c + 1, logits.device)[1][:, 1:] != UNKNOWN
         target = target.to(logits.dtype)
         voxels = logits[0, 0].numel()
         bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(tuple(range(2, logits.ndim)))

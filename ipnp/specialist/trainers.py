@@ -95,7 +95,7 @@ class _StatusAwareTrainer(_IpnpTrainer):
         num_classes = len(self.label_manager.all_labels)
         everything = np.full(num_classes, LABELED, np.int8)
         rows = [self._status_by_case.get(str(k), everything) for k in keys]
-        self._status_loss.status = torch.from_numpy(np.stack(rows)).to(self.device, non_blocking=True)
+        self._status_loss.status = torch.from_numpy(np.stack(rows))
 
     def train_step(self, batch: dict) -> dict:
         self._set_status(batch["keys"])
