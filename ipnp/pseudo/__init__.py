@@ -1,0 +1,1 @@
+"""Pseudo-labels: box prompts from the specialist, refinement, and the per-round store."""
