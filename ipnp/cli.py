@@ -73,6 +73,47 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generalist(args: argparse.Namespace):
+    from ipnp.generalist.registry import make_generalist
+
+    return make_generalist(args.generalist, model_dir=args.model_dir, server_url=args.server_url,
+                           api_key=args.api_key, device=args.device)
+
+
+def _cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from ipnp.data.validate import require_valid
+    from ipnp.pseudo.refine import RefineSettings
+    from ipnp.pseudo.round import run_round
+    from ipnp.specialist.predict import Specialist
+
+    dataset = require_valid(args.dataset)
+    specialist = Specialist(args.model, device=args.device)
+    with _generalist(args) as generalist:
+        folder = run_round(dataset, specialist, generalist, args.out, args.round,
+                           RefineSettings(padding=args.padding, tau=args.tau, delta=args.delta),
+                           gate_active=args.entropy_gate)
+    print(f"wrote round {args.round} to {folder}")
+    return 0
+
+
+def _cmd_generalist_eval(args: argparse.Namespace) -> int:
+    from ipnp.generalist.evaluate import evaluate_generalist
+
+    with _generalist(args) as generalist:
+        summary = evaluate_generalist(args.dataset, generalist, args.out, cases=args.cases, split=args.split,
+                                      padding=args.padding)
+    print(f"mean Dice {summary['mean_dice']:.4f}, {summary['seconds_per_organ']:.2f} s per organ; wrote {args.out}")
+    return 0
+
+
+def _add_generalist_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--generalist", default="classical", help="classical (default), nninteractive or nninteractive-remote")
+    p.add_argument("--model-dir", help="nnInteractive weights folder (default: $NNINTERACTIVE_MODEL_DIR)")
+    p.add_argument("--server-url", help="nninteractive-server URL, for nninteractive-remote")
+    p.add_argument("--api-key", help="nninteractive-server API key (default: $NN_INTERACTIVE_API_KEY)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from ipnp.data.validate import Severity, validate_dataset
 
@@ -148,6 +189,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, help="partial_labels.json: score a listed case only on its listed organs")
     p.add_argument("--labels", type=Path, help="dataset.json naming the organs (default: in PRED, else beside GT)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("pseudo-label", help="run one pseudo-labeling round (prompts, generalist, refinement)")
+    p.add_argument("dataset", type=Path, help="partially labeled dataset (read only)")
+    p.add_argument("--model", type=Path, required=True, help="run folder of a trained softmax specialist")
+    p.add_argument("--round", type=int, required=True, help="round number k (k > 1 reads round k-1 from --out)")
+    p.add_argument("--out", type=Path, required=True, help="folder that holds rounds/<k>/")
+    p.add_argument("--entropy-gate", action="store_true", help="accept a pseudo-label only if its mean entropy fell")
+    p.add_argument("--padding", type=int, default=6, help="box padding p in voxels (default 6)")
+    p.add_argument("--tau", type=float, default=0.4, help="class-probability threshold (default 0.4)")
+    p.add_argument("--delta", type=int, default=3, help="ROI dilation in voxels (default 3)")
+    _add_generalist_options(p)
+    p.set_defaults(func=_cmd_pseudo_label)
+
+    p = sub.add_parser("generalist-eval", help="score a generalist with prompts made from your ground truth")
+    p.add_argument("dataset", type=Path, help="labeled dataset (read only)")
+    p.add_argument("--out", type=Path, required=True, help="folder for per_organ.csv and summary.json")
+    p.add_argument("--cases", nargs="+", help="case ids (default: all of the split)")
+    p.add_argument("--split", default="train", choices=["train", "test"])
+    p.add_argument("--padding", type=int, default=6, help="box padding p in voxels (default 6)")
+    _add_generalist_options(p)
+    p.set_defaults(func=_cmd_generalist_eval)
 
     p = sub.add_parser("validate", help="check a dataset; exit 1 if it has errors")
     p.add_argument("dataset", type=Path)

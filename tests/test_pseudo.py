@@ -220,3 +220,11 @@ def test_a_round_needs_its_predecessor_and_is_written_whole(simulated, tmp_path)
         run_round(simulated, Exploding(simulated), BoxGeneralist(), tmp_path / "run", 1)
     assert not (tmp_path / "run/rounds/1").exists()
     assert not any(p.name.endswith("ipnp-incomplete") for p in (tmp_path / "run/rounds").iterdir())
+
+
+@pytest.mark.parametrize("kwargs, message", [({"tau": 1.5}, "tau"), ({"padding": -1}, "padding"), ({"delta": -2}, "delta")])
+def test_settings_out_of_range_are_refused(kwargs, message):
+    from ipnp.errors import IpnpError
+
+    with pytest.raises(IpnpError, match=message):
+        RefineSettings(**kwargs)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ipnp.errors import IpnpError
 from ipnp.pseudo.prompts import PromptPair
 
 
@@ -16,6 +17,13 @@ class RefineSettings:
     padding: int = 6
     tau: float = 0.4
     delta: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tau <= 1.0:
+            raise IpnpError(f"tau {self.tau}: must lie in [0, 1]")
+        for name in ("padding", "delta"):
+            if getattr(self, name) < 0:
+                raise IpnpError(f"{name} {getattr(self, name)}: must not be negative")
 
 
 def entropy_map(probs: np.ndarray) -> np.ndarray:

@@ -1,0 +1,34 @@
+"""Generalists by name, as the CLI and run configs name them."""
+
+from __future__ import annotations
+
+from ipnp.errors import IpnpError
+from ipnp.generalist.base import Generalist
+
+GENERALISTS = ("classical", "nninteractive", "nninteractive-remote")
+
+
+def make_generalist(
+    name: str,
+    *,
+    model_dir: str | None = None,
+    server_url: str | None = None,
+    api_key: str | None = None,
+    device: str | None = None,
+) -> Generalist:
+    """Build the generalist ``name`` with its options; unknown names and missing options are one-line errors."""
+    if name == "classical":
+        from ipnp.generalist.classical import ClassicalGeneralist
+
+        return ClassicalGeneralist()
+    if name == "nninteractive":
+        from ipnp.generalist.nninteractive import NNInteractiveGeneralist
+
+        return NNInteractiveGeneralist(model_dir=model_dir, device=device)
+    if name == "nninteractive-remote":
+        if not server_url:
+            raise IpnpError("--generalist nninteractive-remote needs --server-url")
+        from ipnp.generalist.nninteractive import NNInteractiveRemoteGeneralist
+
+        return NNInteractiveRemoteGeneralist(server_url, api_key=api_key)
+    raise IpnpError(f"--generalist {name}: unknown; choose one of {', '.join(GENERALISTS)}")
