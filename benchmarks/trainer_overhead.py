@@ -29,6 +29,7 @@ def main() -> None:
     from ipnp.data.partial import simulate_partial_labels
     from ipnp.data.synth import synthesize_dataset
     from ipnp.data.validate import require_valid
+    from ipnp.console import stdout_to_log
     from ipnp.specialist import nnunet_env
     from ipnp.specialist.prepare import PLANS, prepare
     from ipnp.specialist.profiles import get_profile
@@ -62,7 +63,7 @@ def main() -> None:
     dataset_json = json.loads((prepared.preprocessed / "dataset.json").read_text())
     n_batches = args.warmup + args.steps
     built, batches = {}, {}
-    with nnunet_env.quiet_nnunet():
+    with stdout_to_log("nnU-Net"):
         for name, cls in contenders.items():
             trainer = cls(plans=dict(plans, continue_training=False), configuration=prepared.configuration, fold="all",
                           dataset_json=dataset_json, device=device)

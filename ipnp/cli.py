@@ -76,8 +76,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _generalist(args: argparse.Namespace):
     from ipnp.generalist.registry import make_generalist
 
-    return make_generalist(args.generalist, model_dir=args.model_dir, server_url=args.server_url,
-                           api_key=args.api_key, device=args.device)
+    return make_generalist(args.generalist, model_dir=args.model_dir, server_url=args.server_url, device=args.device)
 
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
@@ -108,9 +107,8 @@ def _cmd_generalist_eval(args: argparse.Namespace) -> int:
 
 def _add_generalist_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generalist", default="classical", help="classical (default), nninteractive or nninteractive-remote")
-    p.add_argument("--model-dir", help="nnInteractive weights folder (default: $NNINTERACTIVE_MODEL_DIR)")
-    p.add_argument("--server-url", help="nninteractive-server URL, for nninteractive-remote")
-    p.add_argument("--api-key", help="nninteractive-server API key (default: $NN_INTERACTIVE_API_KEY)")
+    p.add_argument("--model-dir", help="nnInteractive model folder (default: $NNINTERACTIVE_MODEL_DIR/models/nnInteractive_v1.0)")
+    p.add_argument("--server-url", help="nninteractive-server URL, for nninteractive-remote (API key: $NN_INTERACTIVE_API_KEY)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
 
 

@@ -197,3 +197,23 @@ def staged_dir(out: str | os.PathLike, *, overwrite: bool = False, inputs: tuple
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def ensure_dir(folder: str | os.PathLike) -> Path:
+    """Create an output folder (and parents), or raise one clear error saying why it cannot be."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise IpnpError(f"{folder}: cannot create output folder ({exc.strerror or exc})") from exc
+    return folder
+
+
+def write_csv(header: list[str], rows: list[list[object]], dest: str | os.PathLike) -> None:
+    """Write a CSV table atomically."""
+    import csv
+
+    with atomic_path(dest) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)

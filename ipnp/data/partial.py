@@ -13,7 +13,6 @@ from ipnp.data.dataset import (
     LABELS_TR,
     LABELS_TR_FULL,
     LABELS_TS,
-    PartialDataset,
     write_manifest,
 )
 from ipnp.data.io import copy_file, read_json, staged_dir, write_image, write_json

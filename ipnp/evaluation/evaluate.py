@@ -9,7 +9,6 @@ conventions are those of :mod:`ipnp.evaluation.metrics`; averages are described 
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ipnp.data.dataset import DATASET_JSON, parse_manifest, read_label
-from ipnp.data.io import atomic_path, read_json, write_json
+from ipnp.data.io import atomic_path, ensure_dir, read_json, write_csv, write_json
 from ipnp.errors import IpnpError
 from ipnp.evaluation.metrics import score_case
 
@@ -100,15 +99,9 @@ def evaluate_folders(
         log.warning("label ids %s occur in the label maps but not in dataset.json; they are not scored", undeclared)
 
     summary = _summarize(scores, names, cases, pred_dir, gt_dir, manifest)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise IpnpError(f"{out_dir}: cannot create output folder ({exc.strerror or exc})") from exc
-    with atomic_path(out_dir / PER_CASE_CSV) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for s in scores:
-            writer.writerow([s.case, s.organ, names[s.organ], f"{s.dsc:.6f}", f"{s.hd95:.4f}", s.ref_voxels, s.pred_voxels])
+    ensure_dir(out_dir)
+    rows = [[s.case, s.organ, names[s.organ], f"{s.dsc:.6f}", f"{s.hd95:.4f}", s.ref_voxels, s.pred_voxels] for s in scores]
+    write_csv(CSV_COLUMNS, rows, out_dir / PER_CASE_CSV)
     write_json(summary, out_dir / SUMMARY_JSON)
     with atomic_path(out_dir / SUMMARY_MD) as tmp:
         tmp.write_text(summary_markdown(summary))

@@ -13,7 +13,6 @@ def make_generalist(
     *,
     model_dir: str | None = None,
     server_url: str | None = None,
-    api_key: str | None = None,
     device: str | None = None,
 ) -> Generalist:
     """Build the generalist ``name`` with its options; unknown names and missing options are one-line errors."""
@@ -30,5 +29,5 @@ def make_generalist(
             raise IpnpError("--generalist nninteractive-remote needs --server-url")
         from ipnp.generalist.nninteractive import NNInteractiveRemoteGeneralist
 
-        return NNInteractiveRemoteGeneralist(server_url, api_key=api_key)
+        return NNInteractiveRemoteGeneralist(server_url)  # the API key comes from NN_INTERACTIVE_API_KEY
     raise IpnpError(f"--generalist {name}: unknown; choose one of {', '.join(GENERALISTS)}")

@@ -6,15 +6,12 @@ folder, registers its trainers through ``nnUNet_extTrainer``, and picks CPU-frie
 
 from __future__ import annotations
 
-import contextlib
 import importlib
-import io
 import logging
 import os
 import sys
 import types
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -75,16 +72,3 @@ def configure(run_dir: str | os.PathLike, device: torch.device) -> dict[str, Pat
         os.environ["nnUNet_n_proc_DA"] = "0"
         os.environ.setdefault("nnUNet_compile", "f")
     return folders
-
-
-@contextlib.contextmanager
-def quiet_nnunet() -> Iterator[None]:
-    """nnU-Net prints freely to stdout; ipnp sends those lines to its log at debug level instead."""
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buffer):
-            yield
-    finally:
-        for line in buffer.getvalue().splitlines():
-            if line.strip():
-                log.debug("nnU-Net: %s", line)

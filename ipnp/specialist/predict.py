@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from ipnp.data.io import Geometry, atomic_path, read_image, read_json, staged_dir, write_image
 from ipnp.errors import IpnpError
+from ipnp.console import stdout_to_log
 from ipnp.specialist import nnunet_env
 from ipnp.specialist.train import FOLD, SPECIALIST_JSON
 
@@ -47,7 +48,7 @@ class Specialist:
 
         if mirroring is None:
             mirroring = self.record["profile"] == "default"  # test-time mirroring costs 4-8x; worth it on GPUs
-        with nnunet_env.quiet_nnunet():
+        with stdout_to_log("nnU-Net"):
             self._predictor = nnUNetPredictor(
                 tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring, perform_everything_on_device=self.device.type == "cuda",
                 device=self.device, verbose=False, verbose_preprocessing=False, allow_tqdm=False,
@@ -65,7 +66,7 @@ class Specialist:
         """
         if image.ndim != 4:
             raise IpnpError(f"image must be (channels, z, y, x), got shape {image.shape}")
-        with nnunet_env.quiet_nnunet():
+        with stdout_to_log("nnU-Net"):
             labels, probs = self._predictor.predict_single_npy_array(
                 image.astype(np.float32, copy=False), {"spacing": list(geometry.spacing_zyx)}, None, None, True
             )

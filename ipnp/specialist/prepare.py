@@ -16,7 +16,7 @@ from pathlib import Path
 from ipnp.data.dataset import LABELS_TR, PartialDataset
 from ipnp.data.io import read_json, write_json
 from ipnp.errors import IpnpError
-from ipnp.specialist.nnunet_env import quiet_nnunet
+from ipnp.console import stdout_to_log
 from ipnp.specialist.profiles import Profile, add_profile_configuration
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def prepare(
         saved = os.environ.get("nnUNet_n_proc_DA")
         os.environ["nnUNet_n_proc_DA"] = "1"
         try:
-            with quiet_nnunet():
+            with stdout_to_log("nnU-Net"):
                 extract_fingerprints([DATASET_ID], num_processes=num_processes, check_dataset_integrity=False, verbose=False, show_progress_bar=False)
                 plan_experiments([DATASET_ID])
         finally:
@@ -110,7 +110,7 @@ def prepare(
     plans = json.loads(plans_file.read_text())
     configuration = add_profile_configuration(plans, profile)
     write_json(plans, plans_file)
-    with quiet_nnunet():
+    with stdout_to_log("nnU-Net"):
         preprocess([DATASET_ID], PLANS, configurations=["3d_fullres"], num_processes=[num_processes], verbose=False, show_progress_bar=sys.stderr.isatty())
     from ipnp.specialist.trainers import STATUS_FILE
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from ipnp.data.io import read_json, write_json
 from ipnp.data.validate import require_valid
 from ipnp.errors import IpnpError
+from ipnp.console import stdout_to_log
 from ipnp.specialist import nnunet_env
 from ipnp.specialist.prepare import PLANS, prepare
 from ipnp.specialist.profiles import get_profile
@@ -82,7 +83,7 @@ def train_specialist(
         ds, folders, prof, labels_dir=Path(labels_dir) if labels_dir else None, pseudo=read_pseudo_manifest(labels_dir),
         num_processes=int(os.environ["nnUNet_def_n_proc"]),
     )
-    with nnunet_env.quiet_nnunet():
+    with stdout_to_log("nnU-Net"):
         trainer = _build_trainer(METHODS[method], prepared.preprocessed, prepared.configuration, torch_device, resume)
     trainer.num_epochs = epochs or prof.epochs
     trainer.num_iterations_per_epoch = iterations or prof.iterations_per_epoch
