@@ -90,7 +90,7 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     with _generalist(args) as generalist:
         folder = run_round(dataset, specialist, generalist, args.out, args.round,
                            RefineSettings(padding=args.padding, tau=args.tau, delta=args.delta),
-                           gate_active=args.entropy_gate)
+                           gate_active=args.entropy_gate, cases=args.cases)
     print(f"wrote round {args.round} to {folder}")
     return 0
 
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round", type=int, required=True, help="round number k (k > 1 reads round k-1 from --out)")
     p.add_argument("--out", type=Path, required=True, help="folder that holds rounds/<k>/")
     p.add_argument("--entropy-gate", action="store_true", help="accept a pseudo-label only if its mean entropy fell")
+    p.add_argument("--cases", nargs="+", help="training case ids (default: all)")
     p.add_argument("--padding", type=int, default=6, help="box padding p in voxels (default 6)")
     p.add_argument("--tau", type=float, default=0.4, help="class-probability threshold (default 0.4)")
     p.add_argument("--delta", type=int, default=3, help="ROI dilation in voxels (default 3)")

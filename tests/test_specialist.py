@@ -132,3 +132,25 @@ def test_ipnp_training_reads_pseudo_labels_from_a_labels_folder(partial, tmp_pat
     assert linked.resolve() == (labels / f"{ds.training_ids[0]}.nii.gz").resolve()
     assert json.loads((run / "specialist.json").read_text())["trainer"] == "nnUNetTrainer_ipnpVLS"
     assert PSEUDO == 2  # the status codes the table above feeds to the loss
+
+
+def test_pseudo_label_round_with_the_trained_specialist_and_nninteractive(marginal_run, partial, tmp_path):
+    """The real chain: tiny specialist -> box prompts -> nnInteractive session (test checkpoint) -> store."""
+    from nninteractive_checkpoint import build_checkpoint
+
+    checkpoint = build_checkpoint(tmp_path / "nninteractive")
+    ds = PartialDataset(partial)
+    cases = ds.training_ids[:2]
+    before = tree_digest(partial)
+    out = tmp_path / "pseudo"
+    assert main(["pseudo-label", str(partial), "--model", str(marginal_run), "--round", "1", "--out", str(out),
+                 "--cases", *cases, "--generalist", "nninteractive", "--model-dir", str(checkpoint), "--device", "cpu"]) == 0
+    assert tree_digest(partial) == before
+    status = json.loads((out / "rounds/1/pseudo_status.json").read_text())
+    assert sum(status["counts"].values()) == sum(len(ds.unknown_organs(c)) for c in cases)
+    for case in cases:
+        assert set(status["cases"][case]["organs"]) == {str(o) for o in ds.unknown_organs(case)}
+        assert status["cases"][case]["seconds"]["predict"] > 0
+        assert (out / "rounds/1/labels" / f"{case}.nii.gz").is_file()
+    assert main(["pseudo-label", str(partial), "--model", str(marginal_run), "--round", "3", "--out", str(out),
+                 "--generalist", "nninteractive", "--model-dir", str(checkpoint), "--device", "cpu"]) == 2

@@ -209,6 +209,8 @@ def run_round(
         raise IpnpError(f"{round_dir(out, k - 1)}: round {k - 1} is missing; run it first")
     target = round_dir(out, k)
     case_ids = cases or dataset.training_ids
+    if unknown := sorted(set(case_ids) - set(dataset.training_ids)):
+        raise IpnpError(f"{dataset.root}: no training case {unknown[0]!r}")
     status: dict = {"round": k, "entropy_gate": gate_active, "settings": asdict(settings), "cases": {}}
     manifest: dict[str, list[int]] = {}
     with staged_dir(target, inputs=(dataset.root,)) as tmp:
