@@ -154,3 +154,19 @@ def test_pseudo_label_round_with_the_trained_specialist_and_nninteractive(margin
         assert (out / "rounds/1/labels" / f"{case}.nii.gz").is_file()
     assert main(["pseudo-label", str(partial), "--model", str(marginal_run), "--round", "3", "--out", str(out),
                  "--generalist", "nninteractive", "--model-dir", str(checkpoint), "--device", "cpu"]) == 2
+
+
+def test_resume_continues_a_killed_training_from_its_last_epoch(partial, tmp_path):
+    import torch
+
+    run = tmp_path / "killed"
+    assert main(["train", str(partial), "--out", str(run), "--method", "ipnp", "--profile", "tiny", "--epochs", "1",
+                 "--iterations", "2", "--device", "cpu"]) == 0
+    fold = next(run.rglob("fold_all"))
+    # As if killed after epoch 1 of 2: nnU-Net had only written checkpoint_latest.
+    (fold / "checkpoint_final.pth").rename(fold / "checkpoint_latest.pth")
+    assert main(["train", str(partial), "--out", str(run), "--method", "ipnp", "--profile", "tiny", "--epochs", "2",
+                 "--iterations", "2", "--device", "cpu", "--resume"]) == 0
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["current_epoch"] == 2
+    assert len(checkpoint["logging"]["train_losses"]) == 2  # epoch 1 was kept, not redone

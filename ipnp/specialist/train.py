@@ -90,12 +90,13 @@ def train_specialist(
     trainer.num_val_iterations_per_epoch = prof.val_iterations
     trainer.save_every = 1  # a killed run loses at most one epoch
     latest = Path(trainer.output_folder) / "checkpoint_latest.pth"
-    final = Path(trainer.output_folder) / "checkpoint_final.pth"
-    if resume and latest.is_file():
-        trainer.load_checkpoint(str(latest))
-    elif resume and final.is_file():
+    # nnU-Net deletes checkpoint_latest when it writes checkpoint_final, so this means "finished".
+    finished = (Path(trainer.output_folder) / "checkpoint_final.pth").is_file() and not latest.is_file()
+    if resume and finished:
         log.info("%s: training already finished", run_dir)
-    if not (resume and final.is_file() and not latest.is_file()):
+    else:
+        if resume and latest.is_file():
+            trainer.load_checkpoint(str(latest))
         trainer.run_training()
     model_dir = Path(trainer.output_folder_base)
     write_json(
