@@ -149,3 +149,15 @@ def test_require_valid_counts_further_problems(tmp_path):
         (root / LB / f"{case}.nii.gz").unlink()
     with pytest.raises(IpnpError, match=r"and 1 more problem"):
         require_valid(root)
+
+
+def test_a_replacement_labels_folder_is_checked_against_the_images(tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds")
+    labels = tmp_path / "merged"
+    shutil.copytree(root / "labelsTr", labels)
+    write_volume(np.zeros((8, 12, 13), np.uint8), labels / "case_002.nii.gz")
+    (labels / "case_003.nii.gz").unlink()
+    assert main(["train", str(root), "--out", str(tmp_path / "run"), "--labels", str(labels)]) == 2
+    err = capsys.readouterr().err
+    assert "merged/case_002.nii.gz: label shape" in err and "and 1 more problem" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

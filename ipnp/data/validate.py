@@ -87,6 +87,21 @@ def require_valid(root: str | os.PathLike) -> PartialDataset:
     return PartialDataset(root)
 
 
+def require_valid_labels(ds: PartialDataset, labels_dir: str | os.PathLike) -> None:
+    """Check a folder of label maps that replaces ``labelsTr`` (e.g. merged pseudo-labels) against the images."""
+    labels_dir = Path(labels_dir)
+    if not labels_dir.is_dir():
+        raise IpnpError(f"{labels_dir}: labels folder not found")
+    problems = _Collector()
+    for case_id in ds.training_ids:
+        shape, geometry, _ = read_header(ds.image_paths(case_id)[0])
+        _check_label(ds, labels_dir / f"{case_id}{ds.file_ending}", (shape, geometry), problems)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise IpnpError(f"{first.where}: {first.message}{more}")
+
+
 def _check_stray_files(ds: PartialDataset, problems: _Collector) -> None:
     """Labels without images and image channels beyond those declared in dataset.json."""
     for image_dir, label_dir, ids in ((IMAGES_TR, LABELS_TR, ds.training_ids), (IMAGES_TS, LABELS_TS, ds.test_ids)):

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from ipnp.data.io import read_json, write_json
-from ipnp.data.validate import require_valid
+from ipnp.data.validate import require_valid, require_valid_labels
 from ipnp.errors import IpnpError
 from ipnp.console import stdout_to_log
 from ipnp.specialist import nnunet_env
@@ -66,8 +66,8 @@ def train_specialist(
     if record_path.is_file() and not resume:
         raise IpnpError(f"{run_dir}: already holds a trained specialist; pass --resume or choose another folder")
     ds = require_valid(dataset)
-    if labels_dir is not None and not Path(labels_dir).is_dir():
-        raise IpnpError(f"{labels_dir}: labels folder not found")
+    if labels_dir is not None:
+        require_valid_labels(ds, labels_dir)
     torch_device = nnunet_env.resolve_device(device)
     try:
         folders = nnunet_env.configure(run_dir, torch_device)
