@@ -76,7 +76,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _generalist(args: argparse.Namespace):
     from ipnp.generalist.registry import make_generalist
 
-    return make_generalist(args.generalist, model_dir=args.model_dir, server_url=args.server_url, device=args.device)
+    return make_generalist(args.generalist, model_dir=args.model_dir, server_url=args.server_url, device=args.device,
+                           padding=args.padding)
 
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:

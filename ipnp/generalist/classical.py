@@ -36,7 +36,7 @@ from ipnp.pseudo.prompts import PromptPair
 Range = tuple[int, int]
 
 _SMOOTH_SIGMA = 0.6  # voxels: suppresses CT noise while keeping two-voxel structures
-_SLICE_SMOOTH_SIGMA = 0.5
+_SLICE_SMOOTH_SIGMA = 0.5  # voxels, in-plane only
 _ROI_DILATION = 3  # the ROI beyond the boxes, as in the IPnP paper (Eq. 2)
 _EM_ITERATIONS = 3
 _PIN_ROUNDS = 6
@@ -88,9 +88,13 @@ class ClassicalGeneralist(Generalist):
         order = (axial_axis, 3 - axial_axis - sagittal_axis, sagittal_axis)
         roi = prompts.roi(image.shape, _ROI_DILATION)
         # The work crop also holds both prompt slices, which the ROI need not contain.
-        planes = {axial_axis: prompts.axial.bounds[axial_axis][0], sagittal_axis: prompts.sagittal.bounds[sagittal_axis][0]}
+        planes = {
+            axial_axis: prompts.axial.bounds[axial_axis][0],
+            sagittal_axis: prompts.sagittal.bounds[sagittal_axis][0],
+        }
         work = tuple(
-            slice(min(r.start, planes.get(a, r.start)), max(r.stop, planes.get(a, r.start) + 1)) for a, r in enumerate(roi)
+            slice(min(r.start, planes.get(a, r.start)), max(r.stop, planes.get(a, r.start) + 1))
+            for a, r in enumerate(roi)
         )
         volume = np.transpose(image[work], order)
         axial = _box_in(_tight_box(prompts.axial.bounds, image.shape, self.padding), work, order)
@@ -150,9 +154,11 @@ class _IntensityModel:
         self.llr = np.log(fg / max(fg.sum(), 1e-12) + eps) - np.log(bg / max(bg.sum(), 1e-12) + eps)
 
     def _index(self, values: np.ndarray, bins: int) -> np.ndarray:
+        """Histogram bin of each value, flattened."""
         return np.clip(((values.ravel() - self.lo) / self.step).astype(np.int64), 0, bins - 1)
 
     def __call__(self, values: np.ndarray, clip: float) -> np.ndarray:
+        """The log-likelihood ratio of each value, clipped to +-``clip`` (histogram tails are unreliable)."""
         return np.clip(self.llr[self._index(values, len(self.llr))].reshape(values.shape), -clip, clip)
 
 
@@ -163,6 +169,7 @@ def _noise_scale(*images: np.ndarray) -> float:
 
 
 def _logit(p: np.ndarray, clip: float) -> np.ndarray:
+    """Log-odds of probabilities clipped to [clip, 1 - clip]."""
     p = np.clip(p, clip, 1 - clip)
     return np.log(p / (1 - p))
 
@@ -268,10 +275,12 @@ def _segment_slices(
 
 
 def _soft(mask: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """A mask blurred into organ weights of 0.1 to 0.9 inside its box, 0 outside."""
     return np.where(box, 0.1 + 0.8 * ndimage.gaussian_filter(mask.astype(float), 1.0), 0.0)
 
 
 def _range_mask(size: int, span: Range) -> np.ndarray:
+    """A 1D mask of ``span``."""
     mask = np.zeros(size, dtype=bool)
     mask[span[0] : span[1]] = True
     return mask
@@ -342,7 +351,11 @@ def _retrace_oblique(
 
 
 def _model_from(
-    source: np.ndarray, source_mask: np.ndarray, source_tight: list[Range], target: np.ndarray, target_tight: list[Range]
+    source: np.ndarray,
+    source_mask: np.ndarray,
+    source_tight: list[Range],
+    target: np.ndarray,
+    target_tight: list[Range],
 ) -> np.ndarray:
     """The target slice's LLR with the organ's intensities from the source slice's mask and background
     from outside both tight boxes (certain background)."""
@@ -356,6 +369,7 @@ def _model_from(
 
 
 def _box_mask(shape: tuple[int, ...], ranges: list[Range]) -> np.ndarray:
+    """A mask of the box given by one range per axis."""
     mask = np.zeros(shape, dtype=bool)
     mask[tuple(slice(lo, hi) for lo, hi in ranges)] = True
     return mask
@@ -395,6 +409,7 @@ def _interval_dp(score: np.ndarray, start_row: int, start: Range, rows: Range, c
 
 
 def _best_predecessor(table: np.ndarray, state: tuple[int, int]) -> tuple[int, int]:
+    """The best state of the previous row from which ``state`` is reachable (back-tracking)."""
     lo = [max(0, s - _DP_STEP) for s in state]
     window = table[lo[0] : state[0] + _DP_STEP + 1, lo[1] : state[1] + _DP_STEP + 1]
     i, j = np.unravel_index(int(np.argmax(window)), window.shape)
@@ -417,7 +432,8 @@ def _segment_volume(
     background = on_slices & ~organ
 
     values = smooth[on_slices]
-    model = _IntensityModel(values, organ[on_slices].astype(float), background[on_slices].astype(float), _VOLUME_BANDWIDTH)
+    weights = organ[on_slices].astype(float), background[on_slices].astype(float)
+    model = _IntensityModel(values, *weights, _VOLUME_BANDWIDTH)
     prior = ndimage.gaussian_filter(_swept_prior(smooth, axial, sagittal, za, xs, z_span), 1.0)
     walk = _random_walk(smooth, organ, background)
     unary = model(smooth, _LLR_CLIP) + _logit(prior, _PRIOR_CLIP) + _RW_WEIGHT * _logit(walk, 0.01)
@@ -454,7 +470,9 @@ def _random_walk(smooth: np.ndarray, organ: np.ndarray, background: np.ndarray) 
         return random_walker(data, seeds, beta=_RW_BETA, mode="cg_j", tol=1e-3, return_full_prob=True)[0]
 
 
-def _swept_prior(smooth: np.ndarray, axial: np.ndarray, sagittal: np.ndarray, za: int, xs: int, z_span: Range) -> np.ndarray:
+def _swept_prior(
+    smooth: np.ndarray, axial: np.ndarray, sagittal: np.ndarray, za: int, xs: int, z_span: Range
+) -> np.ndarray:
     """The axial mask swept over the sagittal box's z-range: moved by template tracking, shrunk where
     the sagittal mask is narrower than on the crossing line."""
     shape = smooth.shape
@@ -480,7 +498,9 @@ def _swept_prior(smooth: np.ndarray, axial: np.ndarray, sagittal: np.ndarray, za
     return prior
 
 
-def _track(smooth: np.ndarray, axial: np.ndarray, sagittal: np.ndarray, za: int, xs: int, z_span: Range) -> dict[int, tuple[int, int]]:
+def _track(
+    smooth: np.ndarray, axial: np.ndarray, sagittal: np.ndarray, za: int, xs: int, z_span: Range
+) -> dict[int, tuple[int, int]]:
     """Cumulative in-plane shift of the axial mask on each slice of ``z_span``, slice by slice from ``za``.
 
     Each step moves by at most one voxel, to where the surroundings best match (normalised
@@ -507,10 +527,12 @@ def _track(smooth: np.ndarray, axial: np.ndarray, sagittal: np.ndarray, za: int,
                     candidate = _shift(smooth[z], -dy, -dx)[here]
                     candidate = candidate - candidate.mean()
                     norm = np.sqrt((reference**2).sum() * (candidate**2).sum()) + 1e-6
+                    # A small cost per voxel moved keeps the mask still where the match is flat.
                     score = (reference * candidate).sum() / norm - 0.02 * (abs(dy) + abs(dx))
                     if sagittal[z].any():
                         line = _shift(axial, cy + dy, cx + dx)[:, xs]
-                        score -= _TRACK_S_WEIGHT * np.count_nonzero(line ^ sagittal[z]) / np.count_nonzero(sagittal[z])
+                        disagreement = np.count_nonzero(line ^ sagittal[z]) / np.count_nonzero(sagittal[z])
+                        score -= _TRACK_S_WEIGHT * disagreement
                     if score > best:
                         best, move = score, (dy, dx)
             cy, cx = cy + move[0], cx + move[1]
@@ -526,5 +548,6 @@ def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
     h, w = image.shape
     if abs(dy) >= h or abs(dx) >= w:
         return out
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = image[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    target = slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))
+    out[target] = image[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
     return out

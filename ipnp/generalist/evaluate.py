@@ -66,7 +66,9 @@ def evaluate_generalist(
             mask = generalist.segment(prompts)
             seconds = time.perf_counter() - start
             if mask.shape != reference.shape:
-                raise IpnpError(f"{generalist.name}: mask shape {mask.shape} differs from the image's {reference.shape}")
+                raise IpnpError(
+                    f"{generalist.name}: mask shape {mask.shape} differs from the image's {reference.shape}"
+                )
             name = dataset.organ_names[organ]
             rows.append((case.case_id, organ, name, dice(mask, reference), seconds, int(reference.sum())))
 

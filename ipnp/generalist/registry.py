@@ -14,12 +14,16 @@ def make_generalist(
     model_dir: str | None = None,
     server_url: str | None = None,
     device: str | None = None,
+    padding: int = 6,
 ) -> Generalist:
-    """Build the generalist ``name`` with its options; unknown names and missing options are one-line errors."""
+    """Build the generalist ``name`` with its options; unknown names and missing options are one-line errors.
+
+    ``padding`` is the box padding the prompts were made with.
+    """
     if name == "classical":
         from ipnp.generalist.classical import ClassicalGeneralist
 
-        return ClassicalGeneralist()
+        return ClassicalGeneralist(padding=padding)  # it finds the organ's tight box inside the padded one
     if name == "nninteractive":
         from ipnp.generalist.nninteractive import NNInteractiveGeneralist
 
