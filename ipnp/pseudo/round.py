@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ipnp.data.dataset import Case, PartialDataset
-from ipnp.data.io import read_json, staged_dir, write_image, write_json
+from ipnp.data.dataset import Case, PartialDataset, read_label
+from ipnp.data.io import Geometry, read_json, staged_dir, write_image, write_json
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
 from ipnp.pseudo.prompts import anatomical_axes, box_prompts
@@ -82,6 +82,7 @@ def _as_mask(candidate: object, shape: tuple[int, ...]) -> np.ndarray:
 def pseudo_label_case(
     case: Case,
     image: np.ndarray,
+    geometry: Geometry,
     ground_truth: np.ndarray,
     predicted: np.ndarray,
     probs: np.ndarray,
@@ -98,7 +99,6 @@ def pseudo_label_case(
     ``previous`` maps an organ to its last accepted pseudo-label mask and that mask's mean entropy.
     """
     result = result or CaseResult()
-    geometry = case.geometry
     axes = anatomical_axes(geometry.direction)
     start = time.perf_counter()
     entropy = entropy_map(probs)
@@ -185,8 +185,6 @@ def load_previous(out: str | os.PathLike, k: int, case_id: str, file_ending: str
     carried = {int(o): v["reference_entropy"] for o, v in organs.items() if v["pseudo_label"]}
     if not carried:
         return {}
-    from ipnp.data.dataset import read_label
-
     labels, _ = read_label(folder / "labels" / f"{case_id}{file_ending}")
     return {organ: (labels == organ, entropy) for organ, entropy in carried.items()}
 
@@ -228,7 +226,7 @@ def run_round(
                 start = time.perf_counter()
                 predicted, probs = specialist.predict(image, geometry)
                 result.seconds["predict"] += time.perf_counter() - start
-                merged, result = pseudo_label_case(case, image, ground_truth, predicted, probs, generalist, settings,
+                merged, result = pseudo_label_case(case, image, geometry, ground_truth, predicted, probs, generalist, settings,
                                                    gate_active=gate_active, previous=previous, full_label=full, result=result)
             else:
                 merged = ground_truth

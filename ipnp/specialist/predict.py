@@ -73,12 +73,15 @@ class Specialist:
         return labels.astype(np.uint8), probs.astype(np.float16)
 
     def predict_folder(self, images: str | os.PathLike, out: str | os.PathLike, *, probabilities: bool = False,
-                       overwrite: bool = False, file_ending: str = ".nii.gz", num_channels: int = 1) -> Path:
+                       overwrite: bool = False) -> Path:
         """Predict every ``<case>_0000<ending>`` in ``images`` into ``out/<case><ending>``.
 
         With ``probabilities``, also ``out/<case>.npz`` holding ``probabilities`` (float16, classes, z, y, x).
         """
         images = Path(images)
+        # The model's own dataset.json says how many channels it reads and how files are named.
+        file_ending = self._predictor.dataset_json["file_ending"]
+        num_channels = len(self._predictor.dataset_json["channel_names"])
         if not images.is_dir():
             raise IpnpError(f"{images}: images folder not found")
         suffix = f"_0000{file_ending}"
