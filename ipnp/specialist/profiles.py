@@ -25,6 +25,7 @@ class Profile:
     convs_per_stage: int = 2
     patch_size: tuple[int, int, int] | None = None
     batch_size: int | None = None
+    recipe: dict | None = None  # ipnp_recipe for the trainer (see trainers._IpnpTrainer); None: nnU-Net's own
 
     @property
     def configuration(self) -> str:
@@ -70,6 +71,7 @@ def add_profile_configuration(plans: dict, profile: Profile) -> str:
         "patch_size": patch,
         "batch_size": profile.batch_size or base["batch_size"],
         "architecture": {**arch, "arch_kwargs": kwargs},
+        **({"ipnp_recipe": dict(profile.recipe)} if profile.recipe else {}),
     }
     return profile.configuration
 

@@ -23,6 +23,7 @@ METHODS = {
     "marginal": "nnUNetTrainer_ipnpMarginal",
     "ipnp": "nnUNetTrainer_ipnpVLS",
     "ipnp-novls": "nnUNetTrainer_ipnpNoVLS",
+    "dodnet": "nnUNetTrainer_ipnpDoDNet",
 }
 SPECIALIST_JSON = "specialist.json"
 FOLD = "all"  # every training case trains; all of them need pseudo-labels later
@@ -49,11 +50,18 @@ def train_specialist(
     iterations: int | None = None,
     device: str | None = None,
     resume: bool = False,
+    until_epoch: int | None = None,
+    init_checkpoint: str | os.PathLike | None = None,
 ) -> Path:
     """Train one specialist into ``run_dir`` and return the nnU-Net model folder.
 
     ``labels_dir`` replaces ``labelsTr`` (the loop passes merged pseudo-labels this way); a
     ``pseudo_labels.json`` in it marks which organs of each case are pseudo-labels.
+
+    The IPnP loop trains one schedule of ``epochs`` in segments: ``until_epoch`` stops this call there,
+    and ``init_checkpoint`` (the previous segment's final checkpoint, possibly of another method) is where
+    it continues from, with its weights, optimizer state and epoch, so the learning rate keeps following
+    one schedule over all ``epochs``.
     """
     if method not in METHODS:
         raise IpnpError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
@@ -89,15 +97,20 @@ def train_specialist(
     trainer.num_iterations_per_epoch = iterations or prof.iterations_per_epoch
     trainer.num_val_iterations_per_epoch = prof.val_iterations
     trainer.save_every = 1  # a killed run loses at most one epoch
-    latest = Path(trainer.output_folder) / "checkpoint_latest.pth"
-    # nnU-Net deletes checkpoint_latest when it writes checkpoint_final, so this means "finished".
-    finished = (Path(trainer.output_folder) / "checkpoint_final.pth").is_file() and not latest.is_file()
-    if resume and finished:
-        log.info("%s: training already finished", run_dir)
+    stop = min(until_epoch or trainer.num_epochs, trainer.num_epochs)
+    latest, final = (Path(trainer.output_folder) / f"checkpoint_{n}.pth" for n in ("latest", "final"))
+    if checkpoint_epoch(final) >= stop:
+        log.info("%s: training up to epoch %d already finished", run_dir, stop)
     else:
-        if resume and latest.is_file():
-            trainer.load_checkpoint(str(latest))
+        start = next((c for c in (latest, final) if resume and c.is_file()), init_checkpoint)
+        # The learning-rate schedule is built here, over all epochs, before the stop epoch is set.
+        if start is not None:
+            trainer.load_checkpoint(str(start))
+        else:
+            trainer.initialize()
+        trainer.num_epochs = stop
         trainer.run_training()
+        trainer.num_epochs = epochs or prof.epochs
     model_dir = Path(trainer.output_folder_base)
     write_json(
         {
@@ -116,6 +129,15 @@ def train_specialist(
         record_path,
     )
     return model_dir
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The number of epochs a saved nnU-Net checkpoint has trained (0 when there is none)."""
+    if not path.is_file():
+        return 0
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False)["current_epoch"])
 
 
 def _build_trainer(trainer_name: str, preprocessed: Path, configuration: str, device, resume: bool):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from ipnp.specialist.losses import LABELED, PSEUDO, UNKNOWN, MarginalDiceCELoss, PartialBCEDiceLoss, StatusAwareLoss
@@ -45,8 +46,36 @@ def status_table(status_json: dict, num_classes: int) -> dict[str, np.ndarray]:
     return table
 
 
+RECIPE_KEY = "ipnp_recipe"
+
+
 class _IpnpTrainer(nnUNetTrainer):
-    """nnU-Net's trainer with a progress bar in place of its console output, which goes to its log file."""
+    """nnU-Net's trainer with a progress bar in place of its console output, which goes to its log file.
+
+    A profile may carry a training recipe in its plans configuration (``ipnp_recipe``: optimizer, learning
+    rate, mirroring). It changes how the network learns, not what it is, so nnU-Net's predictor, which only
+    builds the network from the plans, needs no trainer variant for it.
+    """
+
+    @property
+    def _recipe(self) -> dict:
+        return self.configuration_manager.configuration.get(RECIPE_KEY, {})
+
+    def configure_optimizers(self):
+        if self._recipe.get("optimizer", "sgd") == "sgd":
+            return super().configure_optimizers()
+        self.initial_lr = self._recipe.get("initial_lr", self.initial_lr)
+        optimizer = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if not self._recipe.get("mirroring", True):
+            # Left and right organs are different classes; without mirroring a small network need not
+            # learn to tell them apart from context alone, which costs many steps.
+            mirror_axes = None
+            self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch, mirror_axes
 
     def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True) -> None:
         super().print_to_log_file(*args, also_print_to_console=False, add_timestamp=add_timestamp)
