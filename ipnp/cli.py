@@ -113,6 +113,57 @@ def _add_generalist_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
 
 
+def _run_config(args: argparse.Namespace):
+    from ipnp.config import load_config
+
+    return load_config(
+        args.config, **{"profile": args.profile, "epochs": args.epochs, "iterations_per_epoch": args.iterations,
+                        "device": args.device, "vls": args.vls, "generalist.name": args.generalist,
+                        "generalist.model_dir": args.model_dir, "generalist.server_url": args.server_url}
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ipnp.loop import run_ipnp, summary_text
+
+    explicit = args.config is not None or any(
+        v is not None for v in (args.profile, args.epochs, args.iterations, args.device, args.vls, args.generalist,
+                                args.model_dir, args.server_url))
+    summary = run_ipnp(args.dataset, args.out, _run_config(args) if explicit else None, resume=args.resume)
+    print(summary_text(summary))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ipnp.demo import run_demo
+    from ipnp.loop import summary_text
+
+    print(summary_text(run_demo(args.out, device=args.device)))
+    return 0
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from ipnp.benchmark import default_methods, run_benchmark
+    from ipnp.config import RunConfig, load_config
+
+    config = load_config(args.config) if args.config is not None else None
+    table = run_benchmark(
+        args.dataset, args.out, keep=args.keep, methods=args.methods or default_methods(args.keep is not None),
+        profile=args.profile or (config or RunConfig()).profile, seed=args.seed, epochs=args.epochs,
+        iterations=args.iterations, device=args.device, config=config,
+    )
+    print(table.read_text(), end="")
+    print(f"wrote {table}, table.csv and results.json")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ipnp.report import write_report
+
+    print(f"wrote {write_report(args.run)}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from ipnp.data.validate import Severity, validate_dataset
 
@@ -161,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a specialist (nnU-Net v2) with one of the paper's losses")
     p.add_argument("dataset", type=Path, help="dataset folder (read only)")
     p.add_argument("--out", type=Path, required=True, help="run folder for the model and nnU-Net's files")
-    p.add_argument("--method", default="marginal", choices=["full-sup", "partial-sup", "marginal", "ipnp", "ipnp-novls"])
-    p.add_argument("--profile", default="tiny", choices=["tiny", "quick", "default"])
+    p.add_argument("--method", default="marginal", help="full-sup, partial-sup, marginal (default), ipnp, ipnp-novls, dodnet")
+    p.add_argument("--profile", default="tiny", help="tiny (default), quick or default")
     p.add_argument("--labels", type=Path, help="folder of label maps used instead of labelsTr (e.g. merged pseudo-labels)")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--iterations", type=int, help="override the profile's iterations per epoch")
@@ -210,6 +261,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--padding", type=int, default=6, help="box padding p in voxels (default 6)")
     _add_generalist_options(p)
     p.set_defaults(func=_cmd_generalist_eval)
+
+    p = sub.add_parser("run", help="run IPnP end to end: train, pseudo-label in rounds, export, predict, report")
+    p.add_argument("dataset", type=Path, help="partially labeled dataset (read only)")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--config", type=Path, help="YAML file with the run's settings (see docs/run.md)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--profile", help="tiny, quick (default) or default; overrides the config")
+    p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
+    p.add_argument("--iterations", type=int, help="override the profile's iterations per epoch")
+    p.add_argument("--vls", action=argparse.BooleanOptionalAction, default=None, help="voxel-level selection (default on)")
+    p.add_argument("--generalist", help="classical (default), nninteractive or nninteractive-remote")
+    p.add_argument("--model-dir", help="nnInteractive model folder (default: $NNINTERACTIVE_MODEL_DIR/models/nnInteractive_v1.0)")
+    p.add_argument("--server-url", help="nninteractive-server URL, for nninteractive-remote (API key: $NN_INTERACTIVE_API_KEY)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="phantoms, 33%% labels, IPnP with the classical generalist on CPU, and a report")
+    p.add_argument("--out", type=Path, default=Path("ipnp-demo"), help="folder for everything (default ./ipnp-demo)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("benchmark", help="train, predict and score every method of the paper side by side (Table 1)")
+    p.add_argument("dataset", type=Path, help="fully labeled dataset with --keep, else a partially labeled one (read only)")
+    p.add_argument("--out", type=Path, required=True, help="benchmark folder; run the same command again to resume")
+    p.add_argument("--keep", type=float, nargs="+", metavar="RATIO",
+                   help="label ratios to simulate, e.g. 0.67 0.33; leave out for a partially labeled dataset")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="full-labels full-sup partial-sup dodnet ipnp-novls ipnp (default: all that apply)")
+    p.add_argument("--profile", help="tiny, quick (default) or default; overrides the config")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated partial labels (default 0)")
+    p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
+    p.add_argument("--iterations", type=int, help="override the profile's iterations per epoch")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--config", type=Path, help="YAML run settings for the IPnP runs (see docs/run.md)")
+    p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser("report", help="(re)write RUN/report.md and its figures")
+    p.add_argument("run", type=Path, help="run folder of 'ipnp run'")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("validate", help="check a dataset; exit 1 if it has errors")
     p.add_argument("dataset", type=Path)

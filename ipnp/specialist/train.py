@@ -12,7 +12,7 @@ from ipnp.data.validate import require_valid, require_valid_labels
 from ipnp.errors import IpnpError
 from ipnp.console import stdout_to_log
 from ipnp.specialist import nnunet_env
-from ipnp.specialist.prepare import PLANS, prepare
+from ipnp.specialist.prepare import DATASET_NAME, PLANS, prepare
 from ipnp.specialist.profiles import get_profile
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,28 @@ def train_specialist(
     except OSError as exc:
         raise IpnpError(f"{run_dir}: cannot write the run folder ({exc.strerror or exc})") from exc
 
+    total = epochs or prof.epochs
+    stop = min(until_epoch or total, total)
+    model_dir = folders["nnUNet_results"] / DATASET_NAME / f"{METHODS[method]}__{PLANS}__{prof.configuration}"
+    record = {
+        "method": method,
+        "trainer": METHODS[method],
+        "profile": prof.name,
+        "configuration": prof.configuration,
+        "epochs": total,
+        "iterations_per_epoch": iterations or prof.iterations_per_epoch,
+        "fold": FOLD,
+        "model_dir": str(model_dir.relative_to(run_dir.absolute())),
+        "labels": str(Path(labels_dir).absolute()) if labels_dir else None,
+        "dataset": str(ds.root.absolute()),
+        "device": str(torch_device),
+    }
+    # Checked before preprocessing, so that resuming a finished run costs nothing.
+    if checkpoint_epoch(model_dir / f"fold_{FOLD}" / "checkpoint_final.pth") >= stop:
+        log.info("%s: training up to epoch %d already finished", run_dir, stop)
+        write_json(record, record_path)
+        return model_dir
+
     import torch
 
     if torch_device.type == "cpu":
@@ -93,41 +115,22 @@ def train_specialist(
     )
     with stdout_to_log("nnU-Net"):
         trainer = _build_trainer(METHODS[method], prepared.preprocessed, prepared.configuration, torch_device, resume)
-    trainer.num_epochs = epochs or prof.epochs
-    trainer.num_iterations_per_epoch = iterations or prof.iterations_per_epoch
+    if Path(trainer.output_folder_base) != model_dir.absolute():
+        raise RuntimeError(f"nnU-Net's model folder {trainer.output_folder_base} is not the expected {model_dir}")
+    trainer.num_epochs = total
+    trainer.num_iterations_per_epoch = record["iterations_per_epoch"]
     trainer.num_val_iterations_per_epoch = prof.val_iterations
     trainer.save_every = 1  # a killed run loses at most one epoch
-    stop = min(until_epoch or trainer.num_epochs, trainer.num_epochs)
     latest, final = (Path(trainer.output_folder) / f"checkpoint_{n}.pth" for n in ("latest", "final"))
-    if checkpoint_epoch(final) >= stop:
-        log.info("%s: training up to epoch %d already finished", run_dir, stop)
+    start = next((c for c in (latest, final) if resume and c.is_file()), init_checkpoint)
+    # The learning-rate schedule is built here, over all epochs, before the stop epoch is set.
+    if start is not None:
+        trainer.load_checkpoint(str(start))
     else:
-        start = next((c for c in (latest, final) if resume and c.is_file()), init_checkpoint)
-        # The learning-rate schedule is built here, over all epochs, before the stop epoch is set.
-        if start is not None:
-            trainer.load_checkpoint(str(start))
-        else:
-            trainer.initialize()
-        trainer.num_epochs = stop
-        trainer.run_training()
-        trainer.num_epochs = epochs or prof.epochs
-    model_dir = Path(trainer.output_folder_base)
-    write_json(
-        {
-            "method": method,
-            "trainer": METHODS[method],
-            "profile": prof.name,
-            "configuration": prepared.configuration,
-            "epochs": trainer.num_epochs,
-            "iterations_per_epoch": trainer.num_iterations_per_epoch,
-            "fold": FOLD,
-            "model_dir": str(model_dir.relative_to(run_dir.absolute())),
-            "labels": str(Path(labels_dir).absolute()) if labels_dir else None,
-            "dataset": str(ds.root.absolute()),
-            "device": str(torch_device),
-        },
-        record_path,
-    )
+        trainer.initialize()
+    trainer.num_epochs = stop
+    trainer.run_training()
+    write_json(record, record_path)
     return model_dir
 
 

@@ -1,0 +1,303 @@
+"""``ipnp benchmark``: every method of the paper on one dataset, side by side in the layout of its Table 1.
+
+With ``keep`` ratios the dataset must be fully labeled: partial labels are simulated once per ratio, with one
+seed, into ``OUT/data/keep<ratio>/``, and every method of that ratio trains on that same copy. Without
+``keep`` every method trains on the dataset's own partial labels (OpenKBP) and test cases are scored only on
+the organs ``partial_labels.json`` lists for them. Each method x ratio is one run folder::
+
+    OUT/runs/<method>/keep<ratio>/   (full-labels: OUT/runs/full-labels/full/; without keep: .../given/)
+        specialist/ predictions/ evaluation/summary.json timings.json   (ipnp runs: an ``ipnp run`` folder)
+
+A run whose ``evaluation/summary.json`` exists is finished and skipped; any other run resumes where it
+stopped. ``OUT/table.md``, ``table.csv`` and ``results.json`` are rewritten from every finished run after
+each run, so they show the progress of a long benchmark. The settings every run depends on (dataset,
+seed, run configuration) are saved in ``OUT/benchmark.json`` and ``OUT/config.yaml``; a later call with
+other settings is refused rather than mixed into the same table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from ipnp.config import RunConfig, dump_config, parse_config
+from ipnp.data.dataset import LABELS_TS, PartialDataset
+from ipnp.data.io import atomic_path, read_json, write_csv, write_json
+from ipnp.data.validate import require_valid
+from ipnp.errors import IpnpError
+from ipnp.evaluation.evaluate import SUMMARY_JSON
+from ipnp.evaluation.table import build_table
+from ipnp.loop import (
+    EVALUATION, LOCK_FILE, LOG_FILE, SPECIALIST, TIMINGS_FILE,
+    evaluate_tests, predict_tests, Timings, run_lock, run_log,
+)
+
+log = logging.getLogger(__name__)
+
+FULL_LABELS = "full-labels"
+IPNP_METHODS = ("ipnp-novls", "ipnp")  # run by ipnp.loop.run_ipnp; the others are one specialist each
+# Column order of the paper's Table 1: full labels, then each method at every ratio.
+METHODS = (FULL_LABELS, "full-sup", "partial-sup", "dodnet", *IPNP_METHODS)
+FULL_TAG, GIVEN_TAG = "full", "given"
+SETTINGS_FILE, CONFIG_FILE = "benchmark.json", "config.yaml"
+TABLE_MD, TABLE_CSV, RESULTS_JSON = "table.md", "table.csv", "results.json"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One method at one label ratio (``keep`` None: full labels for full-labels, else the dataset's own)."""
+
+    method: str
+    keep: float | None
+
+    @property
+    def tag(self) -> str:
+        if self.method == FULL_LABELS:
+            return FULL_TAG
+        return GIVEN_TAG if self.keep is None else f"keep{self.keep:g}"
+
+    @property
+    def title(self) -> str:
+        return self.method if self.keep is None else f"{self.method} {100 * self.keep:g}%"
+
+    @classmethod
+    def from_tag(cls, method: str, tag: str) -> Column | None:
+        """The column whose run folder is named ``tag``; None for a folder the benchmark does not make."""
+        keep = None
+        if tag.startswith("keep"):
+            try:
+                keep = float(tag[4:])
+            except ValueError:
+                return None
+        column = cls(method, keep)
+        return column if column.tag == tag else None
+
+    def run_dir(self, out: Path) -> Path:
+        return out / "runs" / self.method / self.tag
+
+    def finished(self, out: Path) -> bool:
+        return (self.run_dir(out) / EVALUATION / SUMMARY_JSON).is_file()
+
+
+def default_methods(simulated: bool) -> list[str]:
+    """Every method that applies: full-labels only when partial labels are simulated from full ones."""
+    return [m for m in METHODS if simulated or m != FULL_LABELS]
+
+
+def plan_columns(keep: list[float] | None, methods: list[str]) -> list[Column]:
+    """The runs to do, in table order; a bad method or ratio is a one-line error."""
+    if not methods:
+        raise IpnpError("--methods: name at least one method")
+    for method in methods:
+        if method not in METHODS:
+            raise IpnpError(f"--methods {method}: unknown method; choose from {', '.join(METHODS)}")
+    if keep is not None and not keep:
+        raise IpnpError("--keep: give at least one ratio, or leave --keep out for a partially labeled dataset")
+    for ratio in keep or ():
+        if not 0.0 < ratio <= 1.0:
+            raise IpnpError(f"--keep {ratio}: must lie in (0, 1]")
+    if keep is None and FULL_LABELS in methods:
+        raise IpnpError(f"--methods {FULL_LABELS}: needs --keep (it trains on the full labels that --keep thins out)")
+    columns = [Column(FULL_LABELS, None)] if FULL_LABELS in methods else []
+    ratios = sorted({f"{r:g}": r for r in keep}.values(), reverse=True) if keep else [None]
+    columns += [Column(m, r) for m in METHODS if m in methods and m != FULL_LABELS for r in ratios]
+    return columns
+
+
+def run_benchmark(
+    dataset: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    keep: list[float] | None,
+    methods: list[str],
+    profile: str,
+    seed: int = 0,
+    epochs: int | None = None,
+    iterations: int | None = None,
+    device: str | None = None,
+    config: RunConfig | None = None,
+) -> Path:
+    """Train, predict and score every method x ratio into ``out``; return the path of ``out/table.md``.
+
+    ``profile``, ``epochs``, ``iterations`` and ``device`` override ``config`` (the settings of the IPnP
+    runs: rounds, refinement, generalist); every method trains with the same profile, epochs and iterations.
+    """
+    dataset, out = Path(dataset), Path(out)
+    columns = plan_columns(keep, methods)
+    config = _effective_config(config or RunConfig(), profile, epochs, iterations, device)
+    ds = _check_dataset(dataset, out, simulate=keep is not None)
+    with run_lock(out), run_log(out):
+        _settle_settings(out, ds.root, seed, config)
+        sources = {c.keep: _training_data(ds, out, c, seed) for c in columns}
+        for column in columns:
+            _run_column(column, sources[column.keep], out, config)
+            write_outputs(out)
+        return write_outputs(out)
+
+
+def _effective_config(
+    config: RunConfig, profile: str, epochs: int | None, iterations: int | None, device: str | None
+) -> RunConfig:
+    """``config`` with the given settings over its own, validated as a run configuration file is."""
+    config = replace(config, profile=profile, device=device or config.device)
+    if epochs is not None:
+        config = replace(config, epochs=epochs)
+    if iterations is not None:
+        config = replace(config, iterations_per_epoch=iterations)
+    return parse_config(config.as_dict(), "benchmark settings")
+
+
+def _check_dataset(dataset: Path, out: Path, simulate: bool) -> PartialDataset:
+    ds = require_valid(dataset)
+    if out.absolute() == ds.root.absolute() or ds.root.absolute() in out.absolute().parents:
+        raise IpnpError(f"{out}: the benchmark folder must not be the input dataset or lie inside it")
+    if not ds.test_ids:
+        raise IpnpError(f"{ds.root}: no test images (imagesTs); the benchmark scores every method on them")
+    if not (ds.root / LABELS_TS).is_dir():
+        raise IpnpError(f"{ds.root}: no {LABELS_TS}; the benchmark needs reference labels of the test images")
+    if simulate and ds.is_partial:
+        raise IpnpError(
+            f"{ds.root}: already partially labeled (partial_labels.json); leave --keep out to benchmark its own labels"
+        )
+    return ds
+
+
+def _settle_settings(out: Path, dataset: Path, seed: int, config: RunConfig) -> None:
+    """Save the settings every run depends on, or check that they equal the saved ones."""
+    settings = {"dataset": str(dataset.absolute()), "seed": seed}
+    saved_path, config_path = out / SETTINGS_FILE, out / CONFIG_FILE
+    if saved_path.is_file():
+        saved = read_json(saved_path)
+        saved_config = parse_config(yaml.safe_load(config_path.read_text()), str(config_path))
+        if saved != settings or saved_config != config:
+            raise IpnpError(
+                f"{out}: holds a benchmark of {saved['dataset']} with seed {saved['seed']} and the settings of its "
+                f"{CONFIG_FILE}; give those settings or choose another --out"
+            )
+        return
+    if any(p.name not in (LOCK_FILE, LOG_FILE, CONFIG_FILE) for p in out.iterdir()):
+        raise IpnpError(f"{out}: not empty and not an ipnp benchmark; choose another --out")
+    with atomic_path(config_path) as tmp:
+        tmp.write_text(dump_config(config))
+    write_json(settings, saved_path)
+
+
+def _training_data(ds: PartialDataset, out: Path, column: Column, seed: int) -> Path:
+    """The dataset a column trains on: the input itself, or its partial copy for ``column.keep`` (made once)."""
+    if column.keep is None:
+        return ds.root
+    from ipnp.data.partial import simulate_partial_labels
+
+    path = out / "data" / column.tag
+    if not path.is_dir():
+        log.info("simulating partial labels: keep %g, seed %d -> %s", column.keep, seed, path)
+        simulate_partial_labels(ds.root, path, keep=column.keep, seed=seed)
+    return path
+
+
+def _run_column(column: Column, dataset: Path, out: Path, config: RunConfig) -> None:
+    run_dir = column.run_dir(out)
+    if column.finished(out):
+        log.info("%s: finished, skipped (%s)", column.title, run_dir)
+        return
+    log.info("%s: training on %s into %s", column.title, dataset, run_dir)
+    if column.method in IPNP_METHODS:
+        from ipnp.loop import run_ipnp
+
+        run_ipnp(dataset, run_dir, replace(config, vls=column.method == "ipnp"), resume=True)
+    else:
+        _run_specialist("full-sup" if column.method == FULL_LABELS else column.method, dataset, run_dir, config)
+
+
+def _run_specialist(method: str, dataset: Path, run_dir: Path, config: RunConfig) -> None:
+    """Train one specialist, predict the test images and score them, in the layout of an ``ipnp run`` folder."""
+    from ipnp.specialist.train import train_specialist
+
+    ds = require_valid(dataset)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timings = Timings(run_dir)
+    with timings.stage("train"):
+        train_specialist(ds.root, run_dir / SPECIALIST, method, config.profile, epochs=config.epochs,
+                         iterations=config.iterations_per_epoch, device=config.device, resume=True)
+    with timings.stage("predict"):
+        predict_tests(ds, run_dir, config)
+    with timings.stage("evaluate"):
+        evaluate_tests(ds, run_dir)
+
+
+def finished_columns(out: Path) -> list[Column]:
+    """Every finished run under ``out/runs``, in table order (ratios high to low within a method)."""
+    columns = []
+    for method in METHODS:
+        folder = out / "runs" / method
+        found = [Column.from_tag(method, p.name) for p in folder.iterdir()] if folder.is_dir() else []
+        columns += sorted((c for c in found if c is not None and c.finished(out)), key=lambda c: -(c.keep or 2.0))
+    return columns
+
+
+def write_outputs(out: Path) -> Path:
+    """(Re)write ``table.md``, ``table.csv`` and ``results.json`` from the finished runs; return table.md."""
+    settings = read_json(out / SETTINGS_FILE)
+    config = parse_config(yaml.safe_load((out / CONFIG_FILE).read_text()), str(out / CONFIG_FILE))
+    columns = finished_columns(out)
+    runs = [_run_record(out, c) for c in columns]
+    table = build_table([(r["title"], r["summary"]) for r in runs])
+    machine = _machine(config.device)
+    command = _command(out, settings, config, columns)
+    header = (
+        f"Dataset `{settings['dataset']}` · profile `{config.profile}` · seed {settings['seed']} · machine: "
+        f"{machine['platform']}, {machine['cpus']} CPUs, torch device {machine['torch_device']}\n\n"
+        f"Command: `{command}`\n"
+    )
+    wall = ["| run | wall time (min) | folder |", "| :--- | ---: | :--- |"] + [
+        f"| {r['title']} | {r['seconds'] / 60:.1f} | `{r['run_dir']}` |" for r in runs
+    ]
+    with atomic_path(out / TABLE_MD) as tmp:
+        tmp.write_text(f"# Benchmark\n\n{header}\n{table.markdown()}\n## Wall time\n\n" + "\n".join(wall) + "\n")
+    write_csv(*table.csv(), out / TABLE_CSV)
+    write_json({**settings, "profile": config.profile, "machine": machine, "command": command, "runs": runs,
+                "table": table.records()}, out / RESULTS_JSON)
+    return out / TABLE_MD
+
+
+def _run_record(out: Path, column: Column) -> dict:
+    run_dir = column.run_dir(out)
+    return {
+        "method": column.method,
+        "keep": column.keep,
+        "title": column.title,
+        "run_dir": str(run_dir.relative_to(out)),
+        "seconds": round(sum(read_json(run_dir / TIMINGS_FILE).values()), 2),
+        "summary": read_json(run_dir / EVALUATION / SUMMARY_JSON),
+    }
+
+
+def _machine(device: str) -> dict:
+    from ipnp.specialist.nnunet_env import resolve_device
+
+    torch_device = resolve_device(device)
+    if torch_device.type == "cuda":
+        import torch
+
+        name = f"{torch_device} ({torch.cuda.get_device_name(torch_device)})"
+    else:
+        name = str(torch_device)
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_device": name}
+
+
+def _command(out: Path, settings: dict, config: RunConfig, columns: list[Column]) -> str:
+    """The command that reproduces the table's runs; ``OUT/config.yaml`` holds every run setting."""
+    ratios = sorted({f"{c.keep:g}" for c in columns if c.keep is not None}, key=float, reverse=True)
+    methods = [m for m in METHODS if any(c.method == m for c in columns)]
+    if not ratios and FULL_LABELS in methods:
+        ratios = ["1"]  # full-labels alone ignores the ratio, but it is only defined with --keep
+    words = ["ipnp", "benchmark", settings["dataset"]] + (["--keep", *ratios] if ratios else [])
+    words += ["--methods", *methods, "--profile", config.profile, "--seed", str(settings["seed"])]
+    words += ["--config", str(out / CONFIG_FILE), "--out", str(out)]
+    return shlex.join(words)
