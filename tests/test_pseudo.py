@@ -12,7 +12,7 @@ from ipnp.data import PartialDataset
 from ipnp.generalist.base import Generalist
 from ipnp.pseudo.prompts import AnatomicalAxes, anatomical_axes, box_prompts, median_slice
 from ipnp.pseudo.refine import RefineSettings, entropy_map, mean_entropy, refine
-from ipnp.pseudo.round import ACCEPTED, REJECTED, SKIPPED, load_previous, run_round
+from ipnp.pseudo.round import ACCEPTED, PSEUDO_MANIFEST, REJECTED, SKIPPED, STATUS_FILE, load_previous, run_round
 
 
 # --- prompts ---------------------------------------------------------------------------------------
@@ -64,22 +64,32 @@ def test_entropy_of_certain_and_uniform_probabilities():
     assert np.allclose(entropy_map(np.full((4, 2, 2, 2), 0.25, np.float16)), np.log(4), atol=1e-3)
 
 
-def test_refine_keeps_confident_voxels_inside_the_roi():
+def test_refine_keeps_confident_allowed_voxels_inside_the_roi():
     shape = (20, 20, 20)
     organ = np.zeros(shape, bool)
     organ[8:12, 8:12, 8:12] = True
     pair = box_prompts(organ, padding=1)
     candidate = np.ones(shape, bool)  # the generalist over-fills everything
-    probability = np.full(shape, 0.9, np.float32)
-    probability[10] = 0.39  # below τ on one slice
-    refined = refine(candidate, probability, pair, RefineSettings(tau=0.4, delta=3))
+    probs = np.full((3, *shape), 0.05, np.float16)
+    probs[1] = 0.9
+    probs[1, 10] = 0.39  # below τ on one slice
+    probs[2] = np.linspace(0.01, 0.2, shape[0])[:, None, None]  # entropy changes from slice to slice
+    allowed = np.ones(shape, bool)
+    allowed[:, :, 9] = False  # a true label of another organ
+    label = refine(candidate, probs, 1, pair, RefineSettings(tau=0.4, delta=3), allowed=allowed)
     roi = pair.roi(shape, 3)
-    assert refined[roi].sum() == candidate[roi].sum() - (roi[1].stop - roi[1].start) * (roi[2].stop - roi[2].start)
-    outside = np.ones(shape, bool)
-    outside[roi] = False
-    assert not refined[outside].any() and not refined[10].any()
-    entropy = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
-    assert mean_entropy(refined, entropy) == pytest.approx(entropy[refined].mean())
+    assert label.region == roi and label.mask.shape == candidate[roi].shape
+    kept = np.zeros(shape, bool)
+    kept[roi] = label.mask
+    expected = np.zeros(shape, bool)
+    expected[roi] = True
+    expected[10] = False
+    expected[:, :, 9] = False
+    assert np.array_equal(kept, expected)
+    assert label.voxels == expected.sum()
+    assert label.entropy == pytest.approx(float(entropy_map(probs[:, expected]).mean()))
+    entropy = entropy_map(probs)
+    assert mean_entropy(kept, entropy) == pytest.approx(label.entropy)
     assert np.isnan(mean_entropy(np.zeros(shape, bool), entropy))
 
 
@@ -190,13 +200,13 @@ def test_entropy_gate_accepts_only_a_more_certain_pseudo_label(simulated, tmp_pa
     out = tmp_path / "run"
     run_round(simulated, StandInSpecialist(simulated, confidence=0.8), BoxGeneralist(), out, 1, cases=[case_id])
     previous = load_previous(out, 1, case_id, simulated.file_ending)
-    assert previous and all(mask.any() for mask, _ in previous.values())
+    assert previous and all(label.mask.any() for label in previous.values())
     # Less certain specialist in round 2: every organ's mean entropy rises, the gate keeps round 1's labels.
     run_round(simulated, StandInSpecialist(simulated, confidence=0.6), BoxGeneralist(), out, 2, gate_active=True, cases=[case_id])
     organs = json.loads((out / "rounds/2/pseudo_status.json").read_text())["cases"][case_id]["organs"]
     for organ, entry in organs.items():
         assert entry["status"] == REJECTED and "did not fall" in entry["reason"] and entry["pseudo_label"]
-        assert entry["reference_entropy"] == pytest.approx(previous[int(organ)][1])
+        assert entry["reference_entropy"] == pytest.approx(previous[int(organ)].entropy)
     merged1 = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "rounds/1/labels" / f"{case_id}.nii.gz")))
     merged2 = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "rounds/2/labels" / f"{case_id}.nii.gz")))
     assert np.array_equal(merged1, merged2)
@@ -206,20 +216,77 @@ def test_entropy_gate_accepts_only_a_more_certain_pseudo_label(simulated, tmp_pa
     assert all(entry["status"] == ACCEPTED for entry in organs.values())
 
 
-def test_a_round_needs_its_predecessor_and_is_written_whole(simulated, tmp_path):
+def test_where_pseudo_labels_overlap_the_higher_probability_wins_even_for_a_carried_one():
+    from types import SimpleNamespace
+
+    from ipnp.data.io import Geometry
+    from ipnp.pseudo.refine import PseudoLabel
+    from ipnp.pseudo.round import pseudo_label_case
+
+    shape = (10, 12, 14)
+    predicted = np.zeros(shape, np.uint8)
+    predicted[2:6, 2:8, 2:8] = 1
+    predicted[2:6, 5:11, 5:11] = 2  # overlaps organ 1 on y, x in 5..7
+    probs = np.zeros((3, *shape), np.float32)
+    probs[1][predicted == 1], probs[2][predicted == 1] = 0.9, 0.05
+    probs[1][predicted == 2], probs[2][predicted == 2] = 0.05, 0.9
+    probs[1:, 2:6, 5:8, 5:7] = np.array([0.5, 0.45])[:, None, None, None]  # both above τ where they overlap,
+    probs[1:, 2:6, 5:8, 7] = np.array([0.42, 0.55])[:, None, None]  # organ 2 surer from x = 7 on
+    probs[0] = 1 - probs[1] - probs[2]
+    probs = probs.astype(np.float16)
+    ground_truth = np.zeros(shape, np.uint8)
+    ground_truth[:, 10:, :] = 3  # a true label is never overwritten
+    case = SimpleNamespace(unknown={1, 2})
+    settings = RefineSettings(padding=0, tau=0.4, delta=0)
+
+    def run(previous, gate):
+        merged, result = pseudo_label_case(case, np.zeros((1, *shape), np.float32), Geometry.from_spacing((1, 1, 1)),
+                                           ground_truth, predicted, probs, BoxGeneralist(), settings,
+                                           gate_active=gate, previous=previous)
+        return merged, result
+
+    merged, result = run({}, False)
+    overlap = (slice(2, 6), slice(5, 8))
+    assert (merged[overlap][:, :, 5:7] == 1).all() and (merged[overlap][:, :, 7] == 2).all()
+    assert (merged[:, 10:] == 3).all()
+    assert result.organs[2].voxels == int((merged == 2).sum())
+    # Organ 2 carried from an earlier round (the gate rejects the new one): this round's probabilities decide.
+    region = (slice(2, 6), slice(5, 11), slice(5, 11))
+    carried = PseudoLabel(region, np.ones((4, 6, 6), bool), entropy=0.0)
+    merged_carried, result = run({2: carried}, True)
+    assert result.organs[2].status == REJECTED and result.organs[2].pseudo_label
+    assert np.array_equal(merged_carried[:, :10], merged[:, :10])
+
+
+def test_a_round_needs_its_predecessor_and_appears_only_when_complete(simulated, tmp_path):
     from ipnp.errors import IpnpError
 
+    out = tmp_path / "run"
     with pytest.raises(IpnpError, match="round 1 is missing"):
-        run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(), tmp_path / "run", 2)
+        run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(), out, 2)
 
     class Exploding(StandInSpecialist):
         def predict(self, image, geometry):
-            raise KeyboardInterrupt  # a kill in the middle of the round
+            raise KeyboardInterrupt  # an interrupt in the middle of the round
 
     with pytest.raises(KeyboardInterrupt):
-        run_round(simulated, Exploding(simulated), BoxGeneralist(), tmp_path / "run", 1)
-    assert not (tmp_path / "run/rounds/1").exists()
-    assert not any(p.name.endswith("ipnp-incomplete") for p in (tmp_path / "run/rounds").iterdir())
+        run_round(simulated, Exploding(simulated), BoxGeneralist(), out, 1)
+    assert not (out / "rounds/1").exists()
+    folder = run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(), out, 1)
+    assert [p.name for p in (out / "rounds").iterdir()] == ["1"]  # the unfinished round's folder is gone
+    assert sorted(p.name for p in folder.iterdir()) == ["labels", STATUS_FILE]
+    assert sorted(p.name for p in (folder / "labels").iterdir()) == sorted(
+        [f"{c}.nii.gz" for c in simulated.training_ids] + [PSEUDO_MANIFEST])
+    # A complete round is returned untouched; asked for with other settings or cases, it is an error.
+    written = (folder / STATUS_FILE).stat().st_mtime_ns
+    assert run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(), out, 1) == folder
+    assert (folder / STATUS_FILE).stat().st_mtime_ns == written
+    with pytest.raises(IpnpError, match="already exists"):
+        run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(), out, 1, RefineSettings(tau=0.5))
+    with pytest.raises(IpnpError, match="already exists"):
+        run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(), out, 1, cases=simulated.training_ids[:1])
+    with pytest.raises(IpnpError, match="inside the input dataset"):
+        run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(), simulated.root / "run", 1)
 
 
 @pytest.mark.parametrize("kwargs, message", [({"tau": 1.5}, "tau"), ({"padding": -1}, "padding"), ({"delta": -2}, "delta")])
@@ -228,3 +295,56 @@ def test_settings_out_of_range_are_refused(kwargs, message):
 
     with pytest.raises(IpnpError, match=message):
         RefineSettings(**kwargs)
+
+
+# --- the specialist's probabilities ---------------------------------------------------------------
+
+def _nnunet_pieces(regions: bool):
+    """nnU-Net's configuration and label managers for a small case with a transposed axis order and a crop."""
+    from types import SimpleNamespace
+
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    plans = SimpleNamespace(transpose_forward=[2, 0, 1], transpose_backward=[1, 2, 0])
+    configuration = ConfigurationManager({
+        "architecture": {}, "spacing": [2.0, 3.0, 2.5], "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
+        "resampling_fn_probabilities_kwargs": {"is_seg": False, "order": 1, "order_z": 0, "force_separate_z": None},
+    })
+    if regions:
+        labels = LabelManager({"background": 0, "a": [1, 2, 3], "b": [2, 3], "c": 3}, regions_class_order=[1, 2, 3])
+    else:
+        labels = LabelManager({"background": 0, "a": 1, "b": 2, "c": 3}, regions_class_order=None)
+    # Transposed axis order: shapes and the nonzero crop are nnU-Net's; raw (z, y, x) spacing.
+    properties = {"spacing": [1.0, 1.2, 0.8], "shape_before_cropping": [12, 14, 10],
+                  "bbox_used_for_cropping": [[1, 10], [2, 13], [0, 8]],
+                  "shape_after_cropping_and_before_resampling": [9, 11, 8]}
+    return plans, configuration, labels, properties
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_probabilities_by_region_equal_nnunets_export(regions):
+    """Class-by-class resampling, slab-wise labels and region-wise probabilities give what nnU-Net's export gives."""
+    import torch
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    from ipnp.specialist.predict import CaseProbabilities, resample_logits
+
+    plans, configuration, label_manager, properties = _nnunet_pieces(regions)
+    heads = label_manager.num_segmentation_heads
+    logits = torch.from_numpy(np.random.default_rng(0).normal(0, 3, (heads, 6, 7, 5)).astype(np.float16))
+    expected_labels, expected = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, plans, configuration, label_manager, dict(properties), return_probabilities=True)
+    probs = CaseProbabilities(resample_logits(logits, properties, plans, configuration), properties,
+                              plans.transpose_forward, label_manager)
+    assert probs.shape == expected.shape == (heads, 14, 10, 12)
+    assert np.array_equal(probs.labels(), expected_labels)
+    np.testing.assert_allclose(np.asarray(probs), expected, atol=1e-3)
+    if not regions:
+        np.testing.assert_allclose(np.asarray(probs).astype(np.float32).sum(0), 1.0, atol=5e-3)
+    # A region across the crop's border, one outside it, and one class of a region.
+    for region in [(slice(0, 5), slice(3, 14), slice(7, 12)), (slice(0, 1), slice(0, 2), slice(0, 12))]:
+        np.testing.assert_allclose(probs[(slice(None), *region)], expected[(slice(None), *region)], atol=1e-3)
+    np.testing.assert_allclose(probs[2, 4:9, :, 1:3], expected[2, 4:9, :, 1:3], atol=1e-3)
+    with pytest.raises(TypeError):
+        probs[1, ::2]

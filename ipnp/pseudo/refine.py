@@ -1,13 +1,23 @@
-"""Pseudo-label refinement (paper §2.4): confidence, ROI and entropy constraints."""
+"""Pseudo-label refinement (paper §2.4): confidence, ROI and entropy constraints.
+
+Everything works on the prompts' ROI, never on the whole volume: the specialist's probabilities are read
+for the ROI only (``probs`` is anything indexed like a (classes, z, y, x) array, e.g.
+:class:`ipnp.specialist.predict.CaseProbabilities`), and a pseudo-label is kept as its mask over a region.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import entr
 
 from ipnp.errors import IpnpError
 from ipnp.pseudo.prompts import PromptPair
+
+Region = tuple[slice, slice, slice]
+
+_SLAB_VOXELS = 2**18  # voxels of a region read at a time: bounds the (classes, slab) temporaries
 
 
 @dataclass(frozen=True)
@@ -26,28 +36,53 @@ class RefineSettings:
                 raise IpnpError(f"{name} {getattr(self, name)}: must not be negative")
 
 
+@dataclass(frozen=True)
+class PseudoLabel:
+    """An organ's pseudo-label: a boolean mask over ``region`` of the volume and its mean entropy H̄, plus the
+    specialist's p_organ on the mask's voxels (float16, in mask order) when known, for the overlap rule."""
+
+    region: Region
+    mask: np.ndarray
+    entropy: float
+    probability: np.ndarray | None = None
+
+    @property
+    def voxels(self) -> int:
+        return int(self.mask.sum())
+
+
 def entropy_map(probs: np.ndarray) -> np.ndarray:
-    """Voxel-wise entropy H(v) = -Σ_c p_c log p_c (nats) of (classes, z, y, x) probabilities, as float32.
-
-    Accumulates class by class so that a CT-sized volume never needs a float32 copy of all probabilities.
-    """
-    entropy = np.zeros(probs.shape[1:], dtype=np.float32)
-    for channel in probs:
-        p = channel.astype(np.float32)
-        entropy -= p * np.log(np.maximum(p, np.float32(1e-12)))
-    return entropy
-
-
-def refine(
-    candidate: np.ndarray, organ_probability: np.ndarray, prompts: PromptPair, settings: RefineSettings
-) -> np.ndarray:
-    """Keep the candidate's voxels where p_organ ≥ τ and inside the prompts' ROI dilated by δ (Eq. 2)."""
-    roi = prompts.roi(candidate.shape, settings.delta)
-    refined = np.zeros(candidate.shape, dtype=bool)
-    refined[roi] = candidate[roi] & (organ_probability[roi] >= settings.tau)
-    return refined
+    """Voxel-wise entropy H(v) = -Σ_c p_c log p_c (nats) of (classes, ...) probabilities, as float32."""
+    return entr(probs.astype(np.float32)).sum(axis=0)
 
 
 def mean_entropy(mask: np.ndarray, entropy: np.ndarray) -> float:
     """H̄ of Eq. 3: the mean voxel entropy over a pseudo-label (NaN for an empty mask)."""
     return float(entropy[mask].mean()) if mask.any() else float("nan")
+
+
+def organ_probability_and_entropy(probs, organ: int, region: Region) -> tuple[np.ndarray, np.ndarray]:
+    """p_organ and the voxel entropy over all classes on ``region`` of (classes, z, y, x) ``probs``.
+
+    Read a few slices at a time, so that a region as large as the image never needs all its classes at once.
+    """
+    shape = tuple(s.stop - s.start for s in region)
+    probability, entropy = np.empty(shape, dtype=np.float16), np.empty(shape, dtype=np.float32)
+    step = max(1, _SLAB_VOXELS // max(1, shape[1] * shape[2]))
+    for lo in range(0, shape[0], step):
+        part = probs[(slice(None), slice(region[0].start + lo, region[0].start + min(lo + step, shape[0])), *region[1:])]
+        probability[lo : lo + step] = part[organ]
+        entropy[lo : lo + step] = entropy_map(part)
+    return probability, entropy
+
+
+def refine(candidate: np.ndarray, probs, organ: int, prompts: PromptPair, settings: RefineSettings,
+           allowed: np.ndarray | None = None) -> PseudoLabel:
+    """Eq. 2 and 3: the candidate's voxels inside the ROI (the boxes' hull dilated by δ) where p_organ ≥ τ
+    (and ``allowed``, if given), with their mean entropy. Only the ROI of ``probs`` is read."""
+    roi = prompts.roi(candidate.shape, settings.delta)
+    probability, entropy = organ_probability_and_entropy(probs, organ, roi)
+    kept = candidate[roi] & (probability >= settings.tau)
+    if allowed is not None:
+        kept &= allowed[roi]
+    return PseudoLabel(roi, kept, mean_entropy(kept, entropy), probability[kept])

@@ -6,31 +6,42 @@ candidate is refined (τ, ROI, and — once the entropy gate is active — accep
 fell). True labels are never changed: pseudo-labels fill only voxels that are 0 in the ground truth, only
 for organs unlabeled in that case, and where two pseudo-labels overlap the higher specialist probability
 wins. A pseudo-label once accepted is carried into later rounds until a better one replaces it.
+Probabilities are read only over each organ's ROI, and pseudo-labels are kept as masks over regions, so a
+round's memory is dominated by the specialist's prediction, not by the number of organs.
 
-Store, per round ``k`` (written under a temporary name and renamed when complete)::
+Store, per round ``k``::
 
     rounds/<k>/labels/<case>.nii.gz        ground truth merged with the pseudo-labels
     rounds/<k>/labels/pseudo_labels.json   {case: [organ ids carrying a pseudo-label]} (for ipnp train --labels)
     rounds/<k>/pseudo_status.json          per case and organ: status, reason, voxels, entropy, Dice, timing
+
+``rounds/<k>`` appears only when the round is complete. Until then the round lives in
+``rounds/.<k>.ipnp-incomplete/``: ``round.json`` (what the round is: settings, specialist, generalist),
+``store/`` (the future ``rounds/<k>``) and ``done/<case>.json`` (a finished case's status, written after
+its label file). Every file is written atomically, so a round killed at any moment and run again with the
+same settings redoes only the cases without a ``done`` record; with other settings it starts over.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from ipnp.data.dataset import Case, PartialDataset, read_label
-from ipnp.data.io import Geometry, read_json, staged_dir, write_image, write_json
+from ipnp.data.io import Geometry, read_json, write_image, write_json
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
 from ipnp.pseudo.prompts import anatomical_axes, box_prompts
-from ipnp.pseudo.refine import RefineSettings, entropy_map, mean_entropy, refine
+from ipnp.pseudo.refine import PseudoLabel, RefineSettings, refine
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +73,9 @@ def round_dir(out: str | os.PathLike, k: int) -> Path:
     return Path(out) / "rounds" / str(k)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+def _dice(label: PseudoLabel, reference: np.ndarray) -> float:
+    total = label.voxels + int(reference.sum())
+    return 1.0 if total == 0 else 2.0 * int((label.mask & reference[label.region]).sum()) / total
 
 
 def _as_mask(candidate: object, shape: tuple[int, ...]) -> np.ndarray:
@@ -85,98 +96,97 @@ def pseudo_label_case(
     geometry: Geometry,
     ground_truth: np.ndarray,
     predicted: np.ndarray,
-    probs: np.ndarray,
+    probs,
     generalist: Generalist,
     settings: RefineSettings,
     *,
     gate_active: bool,
-    previous: dict[int, tuple[np.ndarray, float]],
+    previous: dict[int, PseudoLabel],
     full_label: np.ndarray | None = None,
     result: CaseResult | None = None,
 ) -> tuple[np.ndarray, CaseResult]:
     """Pseudo-label one case's unknown organs; return the merged label map and what happened per organ.
 
-    ``previous`` maps an organ to its last accepted pseudo-label mask and that mask's mean entropy.
+    ``probs`` is indexed like a (classes, z, y, x) array (only ROIs are read); ``previous`` maps an organ
+    to its last accepted pseudo-label.
     """
     result = result or CaseResult()
     axes = anatomical_axes(geometry.direction)
     start = time.perf_counter()
-    entropy = entropy_map(probs)
-    result.seconds["refine"] += time.perf_counter() - start
-    start = time.perf_counter()
     generalist.set_image(image[0], geometry.spacing_zyx)
     result.seconds["generalist"] += time.perf_counter() - start
 
-    pseudo: dict[int, np.ndarray] = {}
+    free = ground_truth == 0
+    pseudo: dict[int, PseudoLabel] = {}
     for organ in sorted(case.unknown):
-        outcome, mask = _one_organ(organ, ground_truth, predicted, probs, entropy, generalist, settings, axes,
-                                   gate_active, previous.get(organ), result)
-        if mask is not None:
-            pseudo[organ] = mask
+        outcome, label = _one_organ(organ, free, predicted, probs, generalist, settings, axes, gate_active,
+                                    previous.get(organ), result)
+        if label is not None:
+            pseudo[organ] = label
             if full_label is not None:
-                outcome.dice = _dice(mask, full_label == organ)
+                outcome.dice = _dice(label, full_label == organ)
         result.organs[organ] = outcome
 
     start = time.perf_counter()
     merged = ground_truth.copy()
-    best = np.full(ground_truth.shape, -1.0, dtype=np.float32)
-    free = ground_truth == 0
-    for organ, mask in pseudo.items():
-        p = probs[organ].astype(np.float32)
-        take = mask & free & (p > best)
-        merged[take] = organ
-        best[take] = p[take]
-    for organ in pseudo:  # an overlap can take a whole pseudo-label away
-        result.organs[organ].voxels = int((merged == organ).sum())
+    best = np.full(ground_truth.shape, -1.0, dtype=np.float16)  # probabilities are float16 already
+    for organ, label in pseudo.items():
+        p = np.full(label.mask.shape, -1.0, dtype=np.float16)
+        p[label.mask] = label.probability
+        take = label.mask & free[label.region] & (p > best[label.region])
+        merged[label.region][take] = organ
+        best[label.region][take] = p[take]
+    for organ, label in pseudo.items():  # an overlap can take a whole pseudo-label away
+        result.organs[organ].voxels = int((merged[label.region] == organ).sum())
     result.seconds["refine"] += time.perf_counter() - start
     return merged, result
 
 
 def _one_organ(
     organ: int,
-    ground_truth: np.ndarray,
+    free: np.ndarray,
     predicted: np.ndarray,
-    probs: np.ndarray,
-    entropy: np.ndarray,
+    probs,
     generalist: Generalist,
     settings: RefineSettings,
     axes,
     gate_active: bool,
-    previous: tuple[np.ndarray, float] | None,
+    previous: PseudoLabel | None,
     result: CaseResult,
-) -> tuple[OrganOutcome, np.ndarray | None]:
-    """One organ's outcome and the pseudo-label mask it leaves (new, carried over, or None)."""
+) -> tuple[OrganOutcome, PseudoLabel | None]:
+    """One organ's outcome and the pseudo-label it leaves (new, carried over, or None)."""
 
-    def keep_previous(status: str, reason: str, h: float | None = None) -> tuple[OrganOutcome, np.ndarray | None]:
+    def keep_previous(status: str, reason: str, h: float | None = None) -> tuple[OrganOutcome, PseudoLabel | None]:
         if previous is None:
             return OrganOutcome(status, reason, mean_entropy=h), None
-        mask, reference = previous
         reason += "; previous pseudo-label kept"
-        return OrganOutcome(status, reason, int(mask.sum()), h, pseudo_label=True, reference_entropy=reference), mask
+        # The overlap rule weighs it with this round's probabilities.
+        carried = replace(previous, probability=probs[(organ, *previous.region)][previous.mask])
+        return OrganOutcome(status, reason, previous.voxels, h, pseudo_label=True, reference_entropy=previous.entropy), carried
 
     prompts = box_prompts(predicted == organ, settings.padding, axes)
     if prompts is None:
         return keep_previous(SKIPPED, "the specialist predicts no voxel of this organ")
     start = time.perf_counter()
     try:
-        candidate = _as_mask(generalist.segment(prompts), ground_truth.shape)
+        candidate = _as_mask(generalist.segment(prompts), free.shape)
     except Exception as exc:  # noqa: BLE001 - one organ's failure must not end the round
         return keep_previous(REJECTED, f"generalist failed: {type(exc).__name__}: {exc}".splitlines()[0])
     finally:
         result.seconds["generalist"] += time.perf_counter() - start
 
     start = time.perf_counter()
-    refined = refine(candidate, probs[organ], prompts, settings) & (ground_truth == 0)
-    h = mean_entropy(refined, entropy)
+    label = refine(candidate, probs, organ, prompts, settings, allowed=free)
     result.seconds["refine"] += time.perf_counter() - start
-    if not refined.any():
+    h = label.entropy
+    if not label.voxels:
         return keep_previous(REJECTED, "empty after refinement (tau, ROI)")
-    if gate_active and previous is not None and not h < previous[1]:
-        return keep_previous(REJECTED, f"mean entropy {h:.4f} did not fall below {previous[1]:.4f}", h)
-    return OrganOutcome(ACCEPTED, "", int(refined.sum()), h, pseudo_label=True, reference_entropy=h), refined
+    if gate_active and previous is not None and not h < previous.entropy:
+        return keep_previous(REJECTED, f"mean entropy {h:.4f} did not fall below {previous.entropy:.4f}", h)
+    return OrganOutcome(ACCEPTED, "", label.voxels, h, pseudo_label=True, reference_entropy=h), label
 
 
-def load_previous(out: str | os.PathLike, k: int, case_id: str, file_ending: str) -> dict[int, tuple[np.ndarray, float]]:
+def load_previous(out: str | os.PathLike, k: int, case_id: str, file_ending: str) -> dict[int, PseudoLabel]:
     """The pseudo-labels a case carried after round ``k`` (empty when there is no such round)."""
     folder = round_dir(out, k)
     if k < 1 or not (folder / STATUS_FILE).is_file():
@@ -186,7 +196,13 @@ def load_previous(out: str | os.PathLike, k: int, case_id: str, file_ending: str
     if not carried:
         return {}
     labels, _ = read_label(folder / "labels" / f"{case_id}{file_ending}")
-    return {organ: (labels == organ, entropy) for organ, entropy in carried.items()}
+    boxes = ndimage.find_objects(labels)
+    previous = {}
+    for organ, entropy in carried.items():
+        # An overlap may have taken the whole pseudo-label away: then it is carried with no voxel.
+        region = (boxes[organ - 1] if organ <= len(boxes) else None) or (slice(0, 0),) * 3
+        previous[organ] = PseudoLabel(region, labels[region] == organ, entropy)
+    return previous
 
 
 def run_round(
@@ -200,50 +216,114 @@ def run_round(
     gate_active: bool = False,
     cases: list[str] | None = None,
 ) -> Path:
-    """Run pseudo-labeling round ``k`` over the training cases and store it under ``out/rounds/<k>``."""
+    """Run pseudo-labeling round ``k`` over the training cases and store it under ``out/rounds/<k>``.
+
+    A round interrupted earlier with the same settings resumes: finished cases are not redone. A round
+    already complete with the same settings and cases is returned as it is.
+    """
     if not specialist.is_softmax:
         raise IpnpError(f"{specialist.run_dir}: pseudo-labeling needs a softmax specialist (marginal, ipnp, full-sup)")
     if k > 1 and not (round_dir(out, k - 1) / STATUS_FILE).is_file():
         raise IpnpError(f"{round_dir(out, k - 1)}: round {k - 1} is missing; run it first")
     target = round_dir(out, k)
-    case_ids = cases or dataset.training_ids
+    root = Path(dataset.root).absolute()
+    if root == target.absolute() or root in target.absolute().parents:
+        raise IpnpError(f"{target}: output must not lie inside the input dataset ({root})")
+    case_ids = list(cases or dataset.training_ids)
     if unknown := sorted(set(case_ids) - set(dataset.training_ids)):
         raise IpnpError(f"{dataset.root}: no training case {unknown[0]!r}")
-    status: dict = {"round": k, "entropy_gate": gate_active, "settings": asdict(settings), "cases": {}}
-    manifest: dict[str, list[int]] = {}
-    with staged_dir(target, inputs=(dataset.root,)) as tmp:
-        (tmp / "labels").mkdir()
+    identity = {"round": k, "entropy_gate": gate_active, "settings": asdict(settings), "dataset": str(root),
+                "specialist": str(Path(specialist.run_dir).absolute()), "generalist": generalist.name}
+    work = target.with_name(f".{k}.ipnp-incomplete")
+    if target.exists():
+        return _completed(target, work, identity, case_ids)
+    _open_work(work, identity)
+    store, done = work / "store", work / "done"
+    resumed = 0
+    # One BLAS thread: the classical generalist's random walker makes thousands of small vector products,
+    # which a second BLAS thread slows down 10-30x on a busy machine (measured on 2 shared cores).
+    with threadpool_limits(limits=1, user_api="blas"):
         for case_id in tqdm(case_ids, desc=f"pseudo-label round {k}", unit="case"):
-            case = dataset.case(case_id)
-            result = CaseResult()
-            start = time.perf_counter()
-            image, geometry = case.load_image()
-            ground_truth, _ = case.load_label()
-            full = case.load_full_label()[0] if case.full_label_path is not None else None
-            previous = load_previous(out, k - 1, case_id, dataset.file_ending)
-            result.seconds["io"] += time.perf_counter() - start
-            if case.unknown:
-                start = time.perf_counter()
-                predicted, probs = specialist.predict(image, geometry)
-                result.seconds["predict"] += time.perf_counter() - start
-                merged, result = pseudo_label_case(case, image, geometry, ground_truth, predicted, probs, generalist, settings,
-                                                   gate_active=gate_active, previous=previous, full_label=full, result=result)
-            else:
-                merged = ground_truth
-            start = time.perf_counter()
-            write_image(merged, geometry, tmp / "labels" / f"{case_id}{dataset.file_ending}")
-            result.seconds["io"] += time.perf_counter() - start
-            manifest[case_id] = sorted(o for o, v in result.organs.items() if v.pseudo_label)
-            status["cases"][case_id] = {
-                "organs": {str(o): asdict(v) for o, v in sorted(result.organs.items())},
-                "seconds": {key: round(value, 4) for key, value in result.seconds.items()},
-            }
-        status["counts"] = _counts(status["cases"])
-        write_json(manifest, tmp / "labels" / PSEUDO_MANIFEST)
-        write_json(status, tmp / STATUS_FILE)
+            if (done / f"{case_id}.json").is_file():
+                resumed += 1
+                continue
+            entry = _round_case(dataset.case(case_id), dataset.file_ending, specialist, generalist, settings,
+                                gate_active, out, k, store / "labels")
+            write_json(entry, done / f"{case_id}.json")
+    if resumed:
+        log.info("round %d resumed: %d of %d cases were already finished", k, resumed, len(case_ids))
+    status = {**identity, "cases": {c: read_json(done / f"{c}.json") for c in case_ids}}
+    status["counts"] = _counts(status["cases"])
+    manifest = {c: sorted(int(o) for o, v in entry["organs"].items() if v["pseudo_label"]) for c, entry in status["cases"].items()}
+    write_json(manifest, store / "labels" / PSEUDO_MANIFEST)
+    write_json(status, store / STATUS_FILE)
+    _remove_all_but(store / "labels", {f"{c}{dataset.file_ending}" for c in case_ids} | {PSEUDO_MANIFEST})
+    os.replace(store, target)
+    shutil.rmtree(work)
     counts = status["counts"]
     log.info("round %d: %d accepted, %d rejected, %d skipped", k, counts[ACCEPTED], counts[REJECTED], counts[SKIPPED])
     return target
+
+
+def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist, settings: RefineSettings,
+                gate_active: bool, out: str | os.PathLike, k: int, labels_dir: Path) -> dict:
+    """Pseudo-label one case, write its merged labels into ``labels_dir``, and return its status entry."""
+    result = CaseResult()
+    start = time.perf_counter()
+    image, geometry = case.load_image()
+    ground_truth, _ = case.load_label()
+    full = case.load_full_label()[0] if case.full_label_path is not None else None
+    previous = load_previous(out, k - 1, case.case_id, file_ending)
+    result.seconds["io"] += time.perf_counter() - start
+    if case.unknown:
+        start = time.perf_counter()
+        predicted, probs = specialist.predict(image, geometry)
+        result.seconds["predict"] += time.perf_counter() - start
+        merged, result = pseudo_label_case(case, image, geometry, ground_truth, predicted, probs, generalist, settings,
+                                           gate_active=gate_active, previous=previous, full_label=full, result=result)
+    else:
+        merged = ground_truth
+    start = time.perf_counter()
+    write_image(merged, geometry, labels_dir / f"{case.case_id}{file_ending}")
+    result.seconds["io"] += time.perf_counter() - start
+    return {
+        "organs": {str(o): asdict(v) for o, v in sorted(result.organs.items())},
+        "seconds": {key: round(value, 4) for key, value in result.seconds.items()},
+    }
+
+
+def _open_work(work: Path, identity: dict) -> None:
+    """Keep an unfinished round made with the same settings; otherwise start an empty one."""
+    if work.exists():
+        if (work / "round.json").is_file() and read_json(work / "round.json") == identity:
+            return
+        log.info("%s: discarding an unfinished round made with other settings", work)
+        shutil.rmtree(work)
+    try:
+        (work / "done").mkdir(parents=True)
+        (work / "store" / "labels").mkdir(parents=True)
+    except OSError as exc:
+        raise IpnpError(f"{work}: cannot create output folder ({exc.strerror or exc})") from exc
+    write_json(identity, work / "round.json")  # last: its presence means the folders exist
+
+
+def _completed(target: Path, work: Path, identity: dict, case_ids: list[str]) -> Path:
+    """An existing round: returned if it was made with the same settings and cases, an error otherwise."""
+    status = read_json(target / STATUS_FILE) if (target / STATUS_FILE).is_file() else {}
+    if any(status.get(key) != value for key, value in identity.items()) or list(status.get("cases", {})) != case_ids:
+        raise IpnpError(f"{target}: round {identity['round']} already exists, made with other settings or cases; "
+                        "remove it to redo the round")
+    if work.exists():  # left by a run killed between completing the round and cleaning up
+        shutil.rmtree(work)
+    log.info("round %d is already complete: %s", identity["round"], target)
+    return target
+
+
+def _remove_all_but(folder: Path, keep: set[str]) -> None:
+    """Remove what a killed run or another case selection left in ``folder`` (temporary files, labels)."""
+    for path in folder.iterdir():
+        if path.name not in keep:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
 def _counts(cases: dict) -> dict[str, int]:
