@@ -5,10 +5,12 @@ Unknown keys and out-of-range values are one-line errors that name the key. The 
 reported without the file it started from.
 
 Default round schedule: the paper refreshes pseudo-labels after epochs 50, 150, 350 and 450 of 1000
-(Fig. 3), i.e. at 5 %, 15 %, 35 % and 45 % of training. ipnp keeps those fractions of the profile's epochs
-(``rounds.at``), so ``quick`` with 40 epochs pseudo-labels after epochs 2, 6, 14 and 18. ``rounds.epochs``
-gives absolute epochs instead. The entropy gate is active from round 3: the paper activates it "only in
-later iterations", so that early pseudo-labels may grow while the specialist is still uncertain.
+(Fig. 3), i.e. at 5 %, 15 %, 35 % and 45 % of training. The ``default`` profile keeps those fractions of
+its epochs; the short CPU schedule of ``quick`` pseudo-labels at 40 %, 60 % and 80 % instead, because 5 % of
+a few hundred steps leaves the specialist predicting nothing useful (see ``ipnp.specialist.profiles``).
+``rounds.at`` sets other fractions and ``rounds.epochs`` absolute epochs. The entropy gate is active from
+round 3: the paper activates it "only in later iterations", so that early pseudo-labels may grow while the
+specialist is still uncertain.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from ipnp.specialist.profiles import PROFILES, get_profile
 
 @dataclass(frozen=True)
 class RoundsConfig:
-    at: tuple[float, ...] | None = (0.05, 0.15, 0.35, 0.45)  # fractions of the training epochs
+    at: tuple[float, ...] | None = None  # fractions of the training epochs; None: the profile's
     epochs: tuple[int, ...] | None = None  # absolute epochs; replaces ``at``
     gate_from_round: int = 3
 
@@ -64,7 +66,8 @@ class RunConfig:
         else:
             # Rounded, and nudged apart so that a short schedule keeps every round after its own epoch.
             epochs = []
-            for fraction in self.rounds.at or ():
+            fractions = self.rounds.at if self.rounds.at is not None else get_profile(self.profile).round_fractions
+            for fraction in fractions:
                 epochs.append(max(round(fraction * total), epochs[-1] + 1 if epochs else 1))
         if epochs and (epochs[-1] >= total or epochs != sorted(set(epochs)) or epochs[0] < 1):
             raise IpnpError(

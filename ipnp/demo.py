@@ -15,7 +15,8 @@ from ipnp.data.io import ensure_dir
 from ipnp.loop import CONFIG_FILE, run_ipnp
 
 DEMO_TRAIN_CASES, DEMO_TEST_CASES, DEMO_KEEP, DEMO_SEED = 20, 10, 0.33, 0
-DEMO_CONFIG = RunConfig(profile="quick", device="cpu", generalist=GeneralistConfig(name="classical"))
+# 16 of quick's 20 epochs keep the whole demo within 15 minutes on 2 CPU cores (docs/run.md has the timing).
+DEMO_CONFIG = RunConfig(profile="quick", epochs=16, device="cpu", generalist=GeneralistConfig(name="classical"))
 
 
 def run_demo(out: str | os.PathLike = "ipnp-demo", *, device: str | None = None) -> dict:

@@ -94,8 +94,15 @@ class _Run:
 
     @property
     def planned_epochs(self) -> list:
-        """The epochs after which the config plans a round (``rounds.epochs``)."""
-        return list(((self.config or {}).get("rounds") or {}).get("epochs") or [])
+        """The epochs after which the config plans a round, as the run computes them."""
+        if not self.config:
+            return []
+        from ipnp.config import parse_config
+
+        try:
+            return parse_config({k: v for k, v in self.config.items() if k != "dataset"}).round_epochs()
+        except IpnpError:
+            return []
 
     def epoch(self, k: int) -> object:
         epochs = self.planned_epochs

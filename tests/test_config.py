@@ -3,16 +3,19 @@
 import pytest
 import yaml
 
-from ipnp.config import RunConfig, dump_config, load_config, parse_config
+from ipnp.config import RoundsConfig, RunConfig, dump_config, load_config, parse_config
 from ipnp.errors import IpnpError
 
 
 def test_default_schedule_keeps_the_papers_fractions_of_training():
     # The paper: rounds after epochs 50, 150, 350, 450 of 1000.
     assert RunConfig(profile="default").round_epochs() == [50, 150, 350, 450]
-    assert RunConfig(profile="quick", epochs=40).round_epochs() == [2, 6, 14, 18]
+    assert RunConfig(profile="default", epochs=40).round_epochs() == [2, 6, 14, 18]
+    # A short CPU schedule pseudo-labels in its second half.
+    assert RunConfig(profile="quick").round_epochs() == [8, 12, 16]
     # A schedule too short for distinct rounds is nudged apart, never merged.
     assert RunConfig(profile="tiny", epochs=8).round_epochs() == [1, 2, 3, 4]
+    assert RunConfig(profile="tiny", epochs=8, rounds=RoundsConfig(at=())).round_epochs() == []
 
 
 def test_file_values_and_overrides_reach_the_config(tmp_path):
