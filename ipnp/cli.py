@@ -307,16 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error_line(exc: OSError, args: argparse.Namespace) -> str:
+    """Name the file, else the command's output folder: a write error often carries no file name."""
+    where = exc.filename or getattr(args, "out", None) or args.command
+    return f"{where}: {exc.strerror or exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("ipnp").setLevel(logging.DEBUG if args.debug else logging.INFO)
     try:
         return args.func(args)
-    except IpnpError as exc:
+    except (IpnpError, OSError) as exc:  # an OSError here is the environment (a full disk, a permission)
         if args.debug:
             traceback.print_exc()
-        print(f"ipnp: error: {exc}", file=sys.stderr)
+        print(f"ipnp: error: {exc if isinstance(exc, IpnpError) else _os_error_line(exc, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ipnp: interrupted", file=sys.stderr)

@@ -39,7 +39,7 @@ import yaml
 
 from ipnp.config import RunConfig, dump_config, parse_config
 from ipnp.data.dataset import PartialDataset, read_label
-from ipnp.data.io import atomic_path, copy_file, ensure_dir, read_json, staged_dir, write_image, write_json
+from ipnp.data.io import atomic_path, copy_file, ensure_dir, refuse_output_inside, read_json, staged_dir, write_image, write_json
 from ipnp.data.validate import require_valid
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
@@ -86,8 +86,8 @@ def run_log(run_dir: Path) -> Iterator[None]:
         handler.close()
 
 
-def _settle_config(run_dir: Path, dataset: Path, config: RunConfig, explicit: bool, resume: bool) -> RunConfig:
-    """The configuration this run uses: the saved one on resume, else ``config``, which is then saved."""
+def _settle_config(run_dir: Path, dataset: Path, config: RunConfig, explicit: bool, resume: bool) -> tuple[RunConfig, bool]:
+    """The configuration this run uses (the saved one on resume, else ``config``) and whether the run is new."""
     saved_path = run_dir / CONFIG_FILE
     if saved_path.is_file():
         if not resume:
@@ -99,12 +99,26 @@ def _settle_config(run_dir: Path, dataset: Path, config: RunConfig, explicit: bo
         saved = parse_config(raw, str(saved_path))
         if explicit and saved != config:
             raise IpnpError(f"{run_dir}: the given settings differ from the run's saved {CONFIG_FILE}; resume without them")
-        return saved
+        return saved, False
     if any(p.name not in (LOCK_FILE, LOG_FILE) for p in run_dir.iterdir()):
         raise IpnpError(f"{run_dir}: not empty and not an ipnp run; choose another folder")
-    with atomic_path(saved_path) as tmp:
+    return config, True
+
+
+def _save_config(run_dir: Path, dataset: Path, config: RunConfig) -> None:
+    with atomic_path(run_dir / CONFIG_FILE) as tmp:
         tmp.write_text(yaml.safe_dump({"dataset": str(dataset.absolute())}, sort_keys=False) + dump_config(config))
-    return config
+
+
+def _check_generalist(config: RunConfig) -> None:
+    """Fail before training, not at the first round hours later, when the configured generalist cannot work."""
+    g = config.generalist
+    if g.name == "nninteractive":
+        from ipnp.generalist.nninteractive import check_model_dir, default_model_dir
+
+        check_model_dir(Path(g.model_dir).expanduser() if g.model_dir else default_model_dir())
+    elif g.name == "nninteractive-remote":
+        _make_generalist(config).close()  # opens and releases a session: the server answers
 
 
 class Timings:
@@ -116,10 +130,16 @@ class Timings:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        """Time one stage; an OS error in it (a full disk, a permission) becomes one line naming the stage."""
         start = time.perf_counter()
-        yield
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
-        write_json(self.seconds, self.path)
+        try:
+            yield
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
+            write_json(self.seconds, self.path)
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise IpnpError(f"{self.path.parent}: {name} stopped: {exc.strerror or exc}{where}; the finished stages "
+                            "are kept, resume once this is fixed") from exc
 
 
 def run_ipnp(
@@ -136,10 +156,13 @@ def run_ipnp(
     """
     dataset, run_dir = Path(dataset), Path(run_dir)
     ds = require_valid(dataset)
-    if run_dir.absolute() == ds.root.absolute() or ds.root.absolute() in run_dir.absolute().parents:
-        raise IpnpError(f"{run_dir}: the run folder must not be the input dataset or lie inside it")
+    refuse_output_inside(run_dir, ds.root)
     with run_lock(run_dir), run_log(run_dir):
-        config = _settle_config(run_dir, ds.root, config or RunConfig(), config is not None, resume)
+        config, new = _settle_config(run_dir, ds.root, config or RunConfig(), config is not None, resume)
+        if generalist is None and last_round(run_dir) < len(config.round_epochs()):
+            _check_generalist(config)
+        if new:  # saved only now, so that a run refused above can start again with other settings
+            _save_config(run_dir, ds.root, config)
         log.info("IPnP on %s into %s (%s)", ds.root, run_dir, "resumed" if resume else "new run")
         timings = Timings(run_dir)
         _train_with_rounds(ds, run_dir, config, timings, generalist)

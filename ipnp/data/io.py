@@ -143,6 +143,10 @@ def write_image(array: np.ndarray, geometry: Geometry, dest: str | os.PathLike) 
     image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
     with atomic_path(dest) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
+        try:  # SimpleITK's NIfTI writer reports a short write (a full disk) on stderr and returns normally
+            read_voxels(tmp)
+        except IpnpError:
+            raise IpnpError(f"{dest}: could not be written completely (is the disk full?)") from None
 
 
 def write_json(data: Any, dest: str | os.PathLike) -> None:
@@ -168,6 +172,15 @@ def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
             fdst.write(chunk)
 
 
+def refuse_output_inside(out: str | os.PathLike, *inputs: str | os.PathLike) -> None:
+    """Inputs are only read: an output folder that is an input or lies inside one is one clear error."""
+    out = Path(out).absolute()
+    for src in inputs:
+        src = Path(src).absolute()
+        if out == src or src in out.parents:
+            raise IpnpError(f"{out}: output must not be the input dataset or lie inside it ({src})")
+
+
 @contextlib.contextmanager
 def staged_dir(out: str | os.PathLike, *, overwrite: bool = False, inputs: tuple = ()) -> Iterator[Path]:
     """Build an output folder under a temporary name and rename it onto ``out`` when complete.
@@ -176,10 +189,7 @@ def staged_dir(out: str | os.PathLike, *, overwrite: bool = False, inputs: tuple
     ``inputs`` are folders that must not be written to: ``out`` may not be one of them or lie inside one.
     """
     out = Path(out).absolute()
-    for src in inputs:
-        src = Path(src).absolute()
-        if out == src or src in out.parents:
-            raise IpnpError(f"{out}: output must not be the input dataset or lie inside it ({src})")
+    refuse_output_inside(out, *inputs)
     if out.exists() and not overwrite:
         raise IpnpError(f"{out}: already exists; choose another folder or pass --overwrite")
     staging = out.with_name(f".{out.name}.ipnp-incomplete")

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ipnp.data.dataset import PartialDataset
-from ipnp.data.io import ensure_dir, write_csv, write_json
+from ipnp.data.io import ensure_dir, refuse_output_inside, write_csv, write_json
 from ipnp.errors import IpnpError
 from ipnp.evaluation.metrics import dice
 from ipnp.generalist.base import Generalist
@@ -41,6 +41,7 @@ def evaluate_generalist(
     """
     dataset = PartialDataset(dataset_root)
     out_dir = Path(out_dir)
+    refuse_output_inside(out_dir, dataset.root)
     if split not in ("train", "test"):
         raise IpnpError(f"split must be 'train' or 'test', not {split!r}")
     ids = list(cases) if cases is not None else (dataset.training_ids if split == "train" else dataset.test_ids)

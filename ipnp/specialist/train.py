@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from ipnp.data.io import read_json, write_json
+from ipnp.data.io import read_json, refuse_output_inside, write_json
 from ipnp.data.validate import require_valid, require_valid_labels
 from ipnp.errors import IpnpError
 from ipnp.console import stdout_to_log
@@ -74,6 +74,7 @@ def train_specialist(
     if record_path.is_file() and not resume:
         raise IpnpError(f"{run_dir}: already holds a trained specialist; pass --resume or choose another folder")
     ds = require_valid(dataset)
+    refuse_output_inside(run_dir, ds.root)
     if labels_dir is not None:
         require_valid_labels(ds, labels_dir)
     torch_device = nnunet_env.resolve_device(device)

@@ -8,6 +8,7 @@ the batch's case keys before every step. The class names are what nnU-Net's pred
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,16 @@ class _IpnpTrainer(nnUNetTrainer):
             mirror_axes = None
             self.inference_allowed_mirroring_axes = None
         return rotation, dummy_2d, initial_patch, mirror_axes
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, renamed into place: a run killed while saving keeps the previous one.
+
+        nnU-Net writes in place, and a checkpoint truncated by a kill cannot be loaded to resume from.
+        """
+        tmp = Path(filename).with_name(f".{Path(filename).name}.tmp")
+        super().save_checkpoint(str(tmp))
+        if tmp.is_file():  # nnU-Net writes nothing when checkpointing is disabled
+            os.replace(tmp, filename)
 
     def print_to_log_file(self, *args, also_print_to_console: bool = True, add_timestamp: bool = True) -> None:
         super().print_to_log_file(*args, also_print_to_console=False, add_timestamp=add_timestamp)
