@@ -69,16 +69,17 @@ def add_profile_configuration(plans: dict, profile: Profile) -> str:
         return profile.configuration
     base = plans["configurations"]["3d_fullres"]
     arch = base["architecture"]
-    n = len(profile.features)
     kwargs = dict(arch["arch_kwargs"])
     planned_strides = kwargs["strides"]
+    # A small image gets fewer stages from nnU-Net than the profile has; the network cannot be deeper.
+    n = min(len(profile.features), len(planned_strides))
     # Keep nnU-Net's anisotropy-aware strides for the stages the small network has.
     strides = [list(s) for s in planned_strides[:n]]
     kernels = [list(k) for k in kwargs["kernel_sizes"][:n]]
     patch = _fit_patch(profile.patch_size, base["patch_size"], strides)
     kwargs.update(
         n_stages=n,
-        features_per_stage=list(profile.features),
+        features_per_stage=list(profile.features[:n]),
         kernel_sizes=kernels,
         strides=strides,
         n_conv_per_stage=[profile.convs_per_stage] * n,
