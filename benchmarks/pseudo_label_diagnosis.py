@@ -1,0 +1,50 @@
+"""Why are a run's pseudo-labels good or bad? Per unknown organ of a few training cases: the final
+specialist's Dice, the pseudo-label's Dice (both against ``labelsTr_full``), and their voxel counts.
+
+    python benchmarks/pseudo_label_diagnosis.py RUN [--round K] [--cases 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ipnp.data import PartialDataset
+from ipnp.data.dataset import read_label
+from ipnp.data.io import read_json
+from ipnp.evaluation.metrics import dice
+from ipnp.loop import SPECIALIST, last_round
+from ipnp.pseudo.round import STATUS_FILE, round_dir
+from ipnp.specialist.predict import Specialist
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--round", type=int, help="default: the last finished round")
+    parser.add_argument("--cases", type=int, default=4)
+    args = parser.parse_args()
+    k = args.round or last_round(args.run)
+    dataset = PartialDataset(yaml.safe_load((args.run / "config.yaml").read_text())["dataset"])
+    specialist = Specialist(args.run / SPECIALIST, device="cpu")
+    status = read_json(round_dir(args.run, k) / STATUS_FILE)["cases"]
+    print("case organ status specialist_dice pseudo_dice pseudo_voxels full_voxels")
+    for case_id in dataset.training_ids[: args.cases]:
+        case = dataset.case(case_id)
+        image, geometry = case.load_image()
+        full, _ = case.load_full_label()
+        predicted, _ = specialist.predict(image, geometry)
+        pseudo, _ = read_label(round_dir(args.run, k) / "labels" / f"{case_id}{dataset.file_ending}")
+        for organ in sorted(case.unknown):
+            reference = full == organ
+            if reference.any():
+                print(case_id, organ, status[case_id]["organs"].get(str(organ), {}).get("status", "-"),
+                      f"{dice(predicted == organ, reference):.2f}", f"{dice(pseudo == organ, reference):.2f}",
+                      int(np.count_nonzero(pseudo == organ)), int(np.count_nonzero(reference)))
+
+
+if __name__ == "__main__":
+    main()
