@@ -126,3 +126,32 @@ def test_half_precision_logits_give_finite_loss_and_gradients(vls):
     value.backward()
     assert value.dtype == torch.float32 and torch.isfinite(value)
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("vls", [False, True])
+def test_positive_only_pseudo_label_leaves_its_organ_free_on_background(vls):
+    """Predicting a pseudo-labeled organ where the pseudo-label says background costs nothing, as for an
+    unknown organ; without the option it costs, and inside the pseudo-label the organ is supervised."""
+    shape = (4, 4, 4)
+    target = torch.zeros(1, 1, *shape)
+    target[0, 0, :2] = 1  # organ 1: ground truth
+    target[0, 0, 2:, :2] = 2  # organ 2: an incomplete pseudo-label
+    logits = torch.zeros(1, 3, *shape)
+    logits[0, 1][target[0, 0] == 1] = 6.0
+    logits[0, 2][target[0, 0] == 2] = 6.0
+    status = torch.tensor([[LABELED, LABELED, PSEUDO]], dtype=torch.int8)
+    positive = MarginalDiceCELoss(False, voxel_selection=vls, pseudo_positive_only=True)
+    paper = MarginalDiceCELoss(False, voxel_selection=vls)
+    positive.status = paper.status = status
+    grown = logits.clone()
+    grown[0, 2][target[0, 0] == 0] = 6.0  # organ 2 predicted beyond its pseudo-label, on background
+    assert positive(grown, target) <= positive(logits, target) + 1e-6  # merged with the background: no cost
+    assert paper(grown, target) > paper(logits, target) + 0.1
+    # Background predicted as ground-truth organ 1 still costs: labeled organs are unaffected.
+    wrong = logits.clone()
+    wrong[0, 1][target[0, 0] == 0] = 6.0
+    assert positive(wrong, target) > positive(logits, target) + 0.1
+    # Inside the pseudo-label the organ is supervised (it counts where the network agrees, under VLS).
+    better = logits.clone()
+    better[0, 2][target[0, 0] == 2] = 9.0
+    assert positive(better, target) < positive(logits, target)

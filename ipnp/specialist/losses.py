@@ -71,6 +71,11 @@ def _dice_from_sums(
     return -(dc * weight).sum() / weight.sum().clamp_min(1)
 
 
+def sum_pred_where(p: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per sample and class, the predicted probability summed over voxels with ``weight`` (b, 1, voxels)."""
+    return torch.bmm(p, weight.transpose(1, 2))[..., 0]
+
+
 class MarginalDiceCELoss(StatusAwareLoss):
     """Softmax CE + Dice in which each case's unknown organs are merged into the background.
 
@@ -82,11 +87,19 @@ class MarginalDiceCELoss(StatusAwareLoss):
     With ``voxel_selection`` (IPnP's VLS, paper Eq. 4), voxels whose target organ is pseudo-labeled in that
     case count only where the network's argmax agrees with the target; all other voxels always count. The
     mask applies to CE and Dice alike.
+
+    With ``pseudo_positive_only``, a pseudo-label says where its organ is, not where it is not: on the
+    case's background voxels a pseudo-labeled organ is merged into the background like an unknown one
+    (in CE, and its Dice counts predictions only on foreground-target voxels). Without it, the organ's
+    voxels that the pseudo-label misses train as background — harmful when pseudo-labels are incomplete
+    (BENCHMARKS.md).
     """
 
-    def __init__(self, batch_dice: bool, smooth: float = 1e-5, voxel_selection: bool = False) -> None:
+    def __init__(self, batch_dice: bool, smooth: float = 1e-5, voxel_selection: bool = False,
+                 pseudo_positive_only: bool = False) -> None:
         super().__init__()
         self.batch_dice, self.smooth, self.voxel_selection = batch_dice, smooth, voxel_selection
+        self.pseudo_positive_only = pseudo_positive_only
 
     def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # Everything runs on (b, c, voxels) views, and the Dice sums are gathered and scattered by target
@@ -98,8 +111,11 @@ class MarginalDiceCELoss(StatusAwareLoss):
         t = target.reshape(b, 1, -1).long()
         log_p_target = log_p.gather(1, t)
 
-        if (host == UNKNOWN).any():
-            unknown = (status == UNKNOWN).to(p.dtype)[:, None]
+        merged_host, merged = host == UNKNOWN, status == UNKNOWN
+        if self.pseudo_positive_only:
+            merged_host, merged = merged_host | (host == PSEUDO), merged | (status == PSEUDO)
+        if merged_host.any():
+            unknown = merged.to(p.dtype)[:, None]
             # log(p_bg + sum of unknown p): logaddexp keeps the background's gradient exact even where the
             # unknown organs' probability underflows.
             p_unknown = torch.bmm(unknown, p).clamp_min(1e-38)
@@ -112,13 +128,16 @@ class MarginalDiceCELoss(StatusAwareLoss):
             agrees = log_p_target >= log_p.amax(1, keepdim=True)
             mask = (~pseudo_voxel | agrees).to(p.dtype)
             ce = -(log_p_target * mask).sum() / mask.sum().clamp_min(1)
-            sum_pred = torch.bmm(p, mask.transpose(1, 2))[..., 0]
+            sum_pred = sum_pred_where(p, mask)
             p_target = p.gather(1, t) * mask
         else:
             mask = torch.ones_like(log_p_target)
             ce = -log_p_target.mean()
             sum_pred = p.sum(2)
             p_target = p.gather(1, t)
+        if self.pseudo_positive_only and (host == PSEUDO).any():
+            on_foreground = sum_pred_where(p, mask * (t != 0).to(p.dtype))
+            sum_pred = torch.where(status == PSEUDO, on_foreground, sum_pred)
         intersect = torch.zeros(b, c, device=p.device, dtype=p.dtype).scatter_add(1, t[:, 0], p_target[:, 0])
         sum_gt = torch.zeros(b, c, device=p.device, dtype=p.dtype).scatter_add_(1, t[:, 0], mask[:, 0])
         known = status[:, 1:] != UNKNOWN

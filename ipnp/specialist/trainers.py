@@ -164,9 +164,11 @@ class nnUNetTrainer_ipnpVLS(_StatusAwareTrainer):
     """IPnP's retraining: marginal loss over true labels plus pseudo-labels, with voxel-level selection."""
 
     voxel_selection = True
+    pseudo_positive_only = True  # see MarginalDiceCELoss; measured in BENCHMARKS.md
 
     def _criterion(self) -> StatusAwareLoss:
-        return MarginalDiceCELoss(batch_dice=self.configuration_manager.batch_dice, voxel_selection=self.voxel_selection)
+        return MarginalDiceCELoss(batch_dice=self.configuration_manager.batch_dice, voxel_selection=self.voxel_selection,
+                                  pseudo_positive_only=self.pseudo_positive_only)
 
 
 class nnUNetTrainer_ipnpNoVLS(nnUNetTrainer_ipnpVLS):
