@@ -6,6 +6,9 @@ Dice and seconds per organ. Results land in ``--work/eval-<dataset>``.
 
     python benchmarks/classical_quality.py --openkbp /work/shared/data/openkbp --split train-pats
     python benchmarks/classical_quality.py --phantoms 6 --seed 7 --no-openkbp
+    python benchmarks/classical_quality.py --phantoms 2 --max-cases 8 --work /tmp/cq   # a quick look
+
+Seconds are wall-clock seconds of ``segment`` alone: on a busy machine they include waiting for a core.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ def main() -> None:
     parser.add_argument("--phantoms", type=int, default=6, help="phantom cases to score (0: none)")
     parser.add_argument("--seed", type=int, default=7, help="phantom seed")
     parser.add_argument("--work", type=Path, default=None, help="folder for data and results (default: temporary)")
+    parser.add_argument("--max-cases", type=int, default=None, help="score only the first N cases of each dataset")
     args = parser.parse_args()
 
     from ipnp.data.convert.openkbp import convert_openkbp
+    from ipnp.data.dataset import PartialDataset
     from ipnp.data.synth import synthesize_dataset
     from ipnp.generalist.classical import ClassicalGeneralist
     from ipnp.generalist.evaluate import evaluate_generalist
@@ -44,7 +49,8 @@ def main() -> None:
         runs.append((f"OpenKBP {args.split}", openkbp))
 
     for title, root in runs:
-        summary = evaluate_generalist(root, ClassicalGeneralist(), work / f"eval-{root.name}")
+        cases = PartialDataset(root).training_ids[: args.max_cases] if args.max_cases else None
+        summary = evaluate_generalist(root, ClassicalGeneralist(), work / f"eval-{root.name}", cases=cases)
         print(f"\n## {title}: {summary['cases']} cases\n")
         print("| organ | Dice | s/organ | n |\n|:---|---:|---:|---:|")
         for name, organ in summary["organs"].items():

@@ -83,6 +83,48 @@ def test_segment_needs_an_image() -> None:
         ClassicalGeneralist().segment(box_prompts(ball))
 
 
+# --- the method's steps, on shapes that defeated earlier versions ------------------------------------------
+
+
+def _u_shaped_bone() -> tuple[np.ndarray, np.ndarray]:
+    """Bright bone in soft tissue: two upright bars joined at the bottom by a bridge in front, like a
+    mandible. The median axial slice cuts the bars above the bridge; the median sagittal slice sees the
+    bridge only."""
+    shape = (28, 40, 40)
+    rng = np.random.default_rng(0)
+    image = rng.normal(40, 10, shape).astype(np.float32)
+    image[:, :, :4] = image[:, :, -4:] = -1000
+    bone = np.zeros(shape, bool)
+    bone[4:24, 12:24, 10:14] = bone[4:24, 12:24, 26:30] = True
+    bone[4:10, 12:16, 10:30] = True
+    image[bone] = rng.normal(600, 60, int(bone.sum()))
+    return image, bone
+
+
+def test_a_slice_beside_the_other_slices_box_takes_the_organ_not_its_surroundings() -> None:
+    image, bone = _u_shaped_bone()
+    prompts = box_prompts(bone)
+    za = prompts.axial.bounds[0][0]
+    z_lo, z_hi = classical._tight_box(prompts.sagittal.bounds, image.shape, 6)[0]
+    assert not z_lo <= za < z_hi  # the case at hand: the sagittal box stops below the axial slice
+    generalist = ClassicalGeneralist()
+    generalist.set_image(image, (3.0, 3.0, 3.0))
+    mask = generalist.segment(prompts)
+    # Between the bars is soft tissue, which the slice's own EM used to take for the organ.
+    assert mask[za, 12:24, 15:25].sum() <= 20
+    # Above the prompt slice, beyond the sagittal box, the bars go on (the extent is centred on za).
+    z = za + 3
+    assert 2 * (mask[z] & bone[z]).sum() / (mask[z].sum() + bone[z].sum()) >= 0.8
+
+
+def test_a_retraced_tube_does_not_jump_into_a_pocket_beside_it() -> None:
+    score = np.full((30, 20), -1.0)
+    score[:, 8:11] = 2.0  # the tube
+    score[10:18, 12:16] = 3.0  # organ-like intensities one voxel beside it
+    mask = classical._interval_dp(score, 0, (8, 11), (0, 30), (0, 20))
+    assert mask[:, 8:11].all() and not mask[:, 11:].any()
+
+
 # --- no organ-specific behaviour -----------------------------------------------------------------------
 
 

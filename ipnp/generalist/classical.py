@@ -10,12 +10,19 @@ algorithms; every parameter is fixed or derived from the image and the prompts, 
    where the slices cross, and Lempitsky's *pinpointing* enforces the tightness prior (every row and
    column of a tight box holds some organ). A slice whose box is much wider than the organ's width on the
    crossing line holds an oblique or curved structure (spinal cord, oesophagus, mandible): it is re-traced
-   by dynamic programming as one interval per row, grown from the crossing line, with the other slice's
-   intensities as the organ model.
-2. **Volume (3D).** A shape prior sweeps the axial mask along the body axis, following the image by
-   template tracking (normalised cross-correlation) and the sagittal mask by its width. A final graph cut
-   combines the intensity log-likelihood ratio, the prior and the probability of scikit-image's random
-   walker seeded with the two slice masks; the components touching those masks are kept.
+   by dynamic programming as one interval per row, grown from the crossing line with costs on width
+   changes and on moving ends, with the other slice's intensities as the organ model. A slice whose plane
+   the other slice's tight box does not reach (the organ does not cross the line where the slices meet)
+   is re-cut with the other slice's organ intensities.
+2. **Volume (3D).** Two shape priors sweep each slice mask across the organ's extent: the axial mask
+   along the body axis and the sagittal mask along the left-right axis, each following the image by
+   template tracking (normalised cross-correlation) and shrunk by the other mask's widths; the prior is
+   their maximum. The boxes also bound the organ: along z the sagittal box, along x the axial box, each
+   widened to be centred on the other prompt slice (prompts are median slices, mid-extent). Outside
+   these bounds, where no prior reaches, voxels are penalised and seed the random walker as background.
+   A final graph cut combines the intensity log-likelihood ratio, the prior, the bounds and the
+   probability of scikit-image's random walker seeded with the two slice masks; the components touching
+   those masks are kept.
 
 The work is done on the prompts' ROI (``PromptPair.roi``), transposed so that axis 0 is the axial
 slices' normal and axis 2 the sagittal slices'; the mask is zero outside the ROI.
@@ -44,15 +51,23 @@ _SLICE_SMOOTHNESS = 0.5  # edge weight of the 2D cuts; weak: soft-tissue edges a
 _SLICE_PRIOR_WEIGHT = 0.5  # weight of the ellipse prior's log-odds in the 2D cuts
 _OBLIQUE_RATIO = 0.6  # organ width on the crossing line / box width below which a slice is re-traced
 _DP_STEP = 2  # voxels an interval's end may move from one row to the next
-_DP_WIDTH_COST = 1.0  # per voxel of width away from the width on the crossing line
+_DP_MOVE_COST = 1.5  # per voxel an interval's end moves from one row to the next: no jumps into side gaps
+_DP_WIDTH_COST = 2.0  # per voxel of width away from the width on the crossing line
+_DP_UNREACHABLE = -1e12  # finite, so that move costs can be added to it
+_DP_STEPS = np.arange(-_DP_STEP, _DP_STEP + 1)
+# The gain of moving the ends (left, right) of an interval from one row to the next.
+_DP_MOVES = -_DP_MOVE_COST * (np.abs(_DP_STEPS)[:, None] + np.abs(_DP_STEPS)[None, :])
 _VOLUME_BANDWIDTH = 20.0  # HU: kernel width of the 3D intensity histograms
 _LLR_CLIP = 4.0
 _PRIOR_CLIP = 0.02
 _RW_BETA = 1000.0
 _RW_WEIGHT = 2.0
 _VOLUME_SMOOTHNESS = 1.0
+_PRIOR_FLOOR = 0.01  # a prior below this counts as no prior
+_EXTENT_PENALTY = 3.0  # per voxel outside the organ's extent (from the boxes) where the prior does not reach
 _TRACK_MARGIN = 3  # voxels of context around the axial mask compared while tracking
 _TRACK_S_WEIGHT = 0.3  # weight of agreeing with the sagittal mask while tracking
+_TRACK_MOVES = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])  # one tracking step's choices
 _SCALE_RANGE = (0.3, 1.0)  # the sagittal mask may shrink a swept cross-section, never widen it
 
 
@@ -129,11 +144,11 @@ def _segment_crop(volume: np.ndarray, za: int, xs: int, tight_a: list[Range], ti
     axial_image = ndimage.gaussian_filter(volume[za], _SLICE_SMOOTH_SIGMA)
     sagittal_image = ndimage.gaussian_filter(volume[:, :, xs], _SLICE_SMOOTH_SIGMA)
     axial, sagittal = _segment_slices(axial_image, sagittal_image, tight_a, tight_s, za, xs)
-    axial, sagittal = _retrace_oblique(axial_image, sagittal_image, axial, sagittal, tight_a, tight_s, za, xs)
+    axial, sagittal = _redo_from_other_slice(axial_image, sagittal_image, axial, sagittal, tight_a, tight_s, za, xs)
     if not (axial.any() or sagittal.any()):
         return np.zeros(volume.shape, dtype=bool)
     smooth = ndimage.gaussian_filter(volume, _SMOOTH_SIGMA)
-    return _segment_volume(smooth, axial, sagittal, za, xs, tight_s[0])
+    return _segment_volume(smooth, axial, sagittal, za, xs, tight_s[0], tight_a[1])
 
 
 # --- intensity models -------------------------------------------------------------------------------
@@ -321,7 +336,7 @@ def _main_run(line: np.ndarray, span: Range) -> Range | None:
     return int(hits[0]), int(hits[-1]) + 1
 
 
-def _retrace_oblique(
+def _redo_from_other_slice(
     axial_image: np.ndarray,
     sagittal_image: np.ndarray,
     axial: np.ndarray,
@@ -331,11 +346,25 @@ def _retrace_oblique(
     za: int,
     xs: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Re-trace a slice whose organ is much narrower on the crossing line than its box is wide.
+    """Redo a slice that the joint cut gets wrong, with the other slice's organ intensities.
 
-    Such a box holds an oblique or curved structure, which the ellipse prior fills; the other slice is
-    then the reliable one and lends both the start interval and the organ's intensities.
+    - A slice whose plane the other slice's tight box does not reach cuts the organ away from the
+      crossing line (the axial slice of a U-shaped bone above the bend that the sagittal slice shows):
+      nothing ties it to the other slice, and its own EM can settle on the tissue around the organ. It is
+      re-cut.
+    - A slice whose organ is much narrower on the crossing line than its box is wide holds an oblique or
+      curved structure, which the ellipse prior fills. It is re-traced as one interval per row, grown from
+      the other slice's organ on the crossing line.
     """
+    if not tight_s[0][0] <= za < tight_s[0][1]:
+        if sagittal.any():
+            axial = _cut_slice(axial_image, _model_from(sagittal_image, sagittal, tight_s, axial_image, tight_a), tight_a)
+        return axial, sagittal
+    if not tight_a[1][0] <= xs < tight_a[1][1]:
+        if axial.any():
+            llr = _model_from(axial_image, axial, tight_a, sagittal_image, tight_s)
+            sagittal = _cut_slice(sagittal_image, llr, tight_s)
+        return axial, sagittal
     run_a = _main_run(axial[:, xs], tight_s[1])  # the axial organ on the line, where the sagittal box allows
     run_s = _main_run(sagittal[za, :], tight_a[0])
     ratio_s = 0.0 if run_a is None else (run_a[1] - run_a[0]) / (tight_s[1][1] - tight_s[1][0])
@@ -348,6 +377,22 @@ def _retrace_oblique(
         # Along x, from the crossing line: rows of the transposed axial slice.
         axial = _interval_dp(llr.T, xs, run_s, tight_a[1], tight_a[0]).T
     return axial, sagittal
+
+
+def _cut_slice(image: np.ndarray, unary: np.ndarray, tight: list[Range]) -> np.ndarray:
+    """Graph cut of one slice inside its tight box, with pinpointing."""
+    box = _box_mask(image.shape, tight)
+    sigma = max(1.5 * _noise_scale(image), 5.0)
+    pins = np.zeros(image.shape, dtype=bool)
+    for _ in range(_PIN_ROUNDS):
+        graph = maxflow.Graph[float]()
+        ids = _add_grid(graph, image, _SLICE_SMOOTHNESS, sigma)
+        _terminal_edges(graph, ids, unary, pins, ~box)
+        graph.maxflow()
+        mask = ~graph.get_grid_segments(ids) & box
+        if not _pin_empty_lines(mask, unary, box, *tight, pins):
+            break
+    return mask
 
 
 def _model_from(
@@ -379,7 +424,8 @@ def _interval_dp(score: np.ndarray, start_row: int, start: Range, rows: Range, c
     """One interval per row of ``rows`` within ``cols``, grown both ways from ``start`` at ``start_row``.
 
     Maximises the summed ``score`` inside the intervals, less a cost per voxel of width away from the
-    start width, while each end moves at most ``_DP_STEP`` voxels per row (Viterbi over (left, right)).
+    start width and a cost per voxel that an end moves from one row to the next (at most ``_DP_STEP``);
+    Viterbi over the states (left, right).
     """
     mask = np.zeros(score.shape, dtype=bool)
     mask[start_row, start[0] : start[1]] = True
@@ -392,13 +438,13 @@ def _interval_dp(score: np.ndarray, start_row: int, start: Range, rows: Range, c
         path = list(path)
         if not path:
             continue
-        total = np.full((n + 1, n + 1), -np.inf)
+        total = np.full((n + 1, n + 1), _DP_UNREACHABLE)
         total[start] = 0.0
         tables = []
         for row in path:
-            reachable = ndimage.maximum_filter(total, size=2 * _DP_STEP + 1, mode="constant", cval=-np.inf)
+            reachable = ndimage.grey_dilation(total, structure=_DP_MOVES, mode="constant", cval=_DP_UNREACHABLE)
             gain = cumulative[row][right] - cumulative[row][left] - width_cost
-            total = np.where(valid, reachable + gain, -np.inf)
+            total = np.where(valid, reachable + gain, _DP_UNREACHABLE)
             tables.append(total)
         state = np.unravel_index(int(np.argmax(total)), total.shape)
         for k in range(len(path) - 1, -1, -1):
@@ -409,10 +455,12 @@ def _interval_dp(score: np.ndarray, start_row: int, start: Range, rows: Range, c
 
 
 def _best_predecessor(table: np.ndarray, state: tuple[int, int]) -> tuple[int, int]:
-    """The best state of the previous row from which ``state`` is reachable (back-tracking)."""
+    """The best state of the previous row from which ``state`` is reached (back-tracking)."""
     lo = [max(0, s - _DP_STEP) for s in state]
     window = table[lo[0] : state[0] + _DP_STEP + 1, lo[1] : state[1] + _DP_STEP + 1]
-    i, j = np.unravel_index(int(np.argmax(window)), window.shape)
+    offset = [lo[0] - state[0] + _DP_STEP, lo[1] - state[1] + _DP_STEP]
+    moves = _DP_MOVES[offset[0] : offset[0] + window.shape[0], offset[1] : offset[1] + window.shape[1]]
+    i, j = np.unravel_index(int(np.argmax(window + moves)), window.shape)
     return lo[0] + int(i), lo[1] + int(j)
 
 
@@ -420,9 +468,13 @@ def _best_predecessor(table: np.ndarray, state: tuple[int, int]) -> tuple[int, i
 
 
 def _segment_volume(
-    smooth: np.ndarray, axial: np.ndarray, sagittal: np.ndarray, za: int, xs: int, z_span: Range
+    smooth: np.ndarray, axial: np.ndarray, sagittal: np.ndarray, za: int, xs: int, z_span: Range, x_span: Range
 ) -> np.ndarray:
-    """Graph cut of the crop: intensity LLR + swept shape prior + random-walker probability."""
+    """Graph cut of the crop: intensity LLR + swept shape prior + random-walker probability, and a
+    penalty outside the organ's extent where the prior does not reach.
+
+    ``z_span`` and ``x_span`` are the tight ranges of the sagittal box along z and of the axial box along x.
+    """
     on_slices = np.zeros(smooth.shape, dtype=bool)
     on_slices[za] = True
     on_slices[:, :, xs] = True
@@ -434,9 +486,22 @@ def _segment_volume(
     values = smooth[on_slices]
     weights = organ[on_slices].astype(float), background[on_slices].astype(float)
     model = _IntensityModel(values, *weights, _VOLUME_BANDWIDTH)
-    prior = ndimage.gaussian_filter(_swept_prior(smooth, axial, sagittal, za, xs, z_span), 1.0)
-    walk = _random_walk(smooth, organ, background)
+    # The organ's extent along z and x: the other slice's box, centred on the prompt slice (prompts are
+    # median slices, which lie mid-extent) and clipped to the crop.
+    z_span = _centred(z_span, za, smooth.shape[0])
+    x_span = _centred(x_span, xs, smooth.shape[2])
+    # Each slice mask swept across its extent: the axial one along z, the sagittal one along x (the same
+    # sweep on the crop with z and x swapped), so that an organ running along either axis is covered.
+    along_z = _swept_prior(smooth, axial, sagittal, za, xs, z_span)
+    swapped = np.ascontiguousarray(smooth.transpose(2, 1, 0))
+    along_x = _swept_prior(swapped, sagittal.T, axial.T, xs, za, x_span).transpose(2, 1, 0)
+    prior = ndimage.gaussian_filter(np.maximum(along_z, along_x), 1.0)
+    outside = ~_extent(smooth.shape, axial, sagittal, z_span, x_span)
+    # Where neither the extent nor the prior leaves room for the organ, the walk starts from background:
+    # this also leaves the walk far fewer unknowns.
+    walk = _random_walk(smooth, organ, background | (outside & (prior < _PRIOR_FLOOR) & ~organ))
     unary = model(smooth, _LLR_CLIP) + _logit(prior, _PRIOR_CLIP) + _RW_WEIGHT * _logit(walk, 0.01)
+    unary -= _EXTENT_PENALTY * outside * (1 - prior)
 
     graph = maxflow.Graph[float]()
     ids = _add_grid(graph, smooth, _VOLUME_SMOOTHNESS, max(_noise_scale(smooth), 1.0))
@@ -448,10 +513,25 @@ def _segment_volume(
     return np.isin(labels, keep[keep > 0])
 
 
+def _extent(shape: tuple[int, ...], axial: np.ndarray, sagittal: np.ndarray, z_span: Range, x_span: Range) -> np.ndarray:
+    """The box of the organ's extent: ``z_span`` and ``x_span``, and along y that of the slice masks."""
+    rows = np.flatnonzero(axial.any(axis=1) | sagittal.any(axis=0))
+    box = np.zeros(shape, dtype=bool)
+    if rows.size:
+        box[z_span[0] : z_span[1], rows[0] : rows[-1] + 1, x_span[0] : x_span[1]] = True
+    return box
+
+
+def _centred(span: Range, centre: int, size: int) -> Range:
+    """The smallest range holding ``span`` and ``centre`` whose middle is ``centre``, clipped to ``size``."""
+    lo, hi = min(span[0], centre), max(span[1], centre + 1)
+    return max(0, min(lo, 2 * centre + 1 - hi)), min(size, max(hi, 2 * centre + 1 - lo))
+
+
 def _random_walk(smooth: np.ndarray, organ: np.ndarray, background: np.ndarray) -> np.ndarray:
     """Probability that a random walker from each voxel first reaches the organ seeds (Grady 2006).
 
-    The slices' background and the crop's faces (the ROI's border, beyond the boxes) are background seeds.
+    ``background`` and the crop's faces (the ROI's border, beyond the boxes) are background seeds.
     """
     seeds = np.where(background, 2, 0)
     faces = np.ones(smooth.shape, dtype=bool)
@@ -508,38 +588,45 @@ def _track(
     mask best agrees with the sagittal mask on the crossing line.
     """
     window = ndimage.binary_dilation(axial, iterations=_TRACK_MARGIN)
+    padded = np.pad(smooth, ((0, 0), (1, 1), (1, 1)))  # a one-voxel move never leaves it
     shifts = {za: (0, 0)}
     for step in (1, -1):
         cy = cx = 0
         template = smooth[za]
         z = za + step
         while z_span[0] <= z < z_span[1]:
-            here = _shift(window, cy, cx)
-            if np.count_nonzero(here) < 2:  # tracked out of the crop: stay put
+            yy, xx = np.nonzero(_shift(window, cy, cx))
+            if yy.size < 2:  # tracked out of the crop: stay put
                 shifts[z] = (cy, cx)
                 z += step
                 continue
-            reference = template[here]
-            reference = reference - reference.mean()
-            best, move = -np.inf, (0, 0)
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    candidate = _shift(smooth[z], -dy, -dx)[here]
-                    candidate = candidate - candidate.mean()
-                    norm = np.sqrt((reference**2).sum() * (candidate**2).sum()) + 1e-6
-                    # A small cost per voxel moved keeps the mask still where the match is flat.
-                    score = (reference * candidate).sum() / norm - 0.02 * (abs(dy) + abs(dx))
-                    if sagittal[z].any():
-                        line = _shift(axial, cy + dy, cx + dx)[:, xs]
-                        disagreement = np.count_nonzero(line ^ sagittal[z]) / np.count_nonzero(sagittal[z])
-                        score -= _TRACK_S_WEIGHT * disagreement
-                    if score > best:
-                        best, move = score, (dy, dx)
-            cy, cx = cy + move[0], cx + move[1]
+            reference = template[yy, xx] - template[yy, xx].mean()
+            candidates = padded[z][yy + 1 + _TRACK_MOVES[:, :1], xx + 1 + _TRACK_MOVES[:, 1:]]
+            candidates = candidates - candidates.mean(axis=1, keepdims=True)
+            norm = np.sqrt((reference**2).sum() * (candidates**2).sum(axis=1)) + 1e-6
+            # A small cost per voxel moved keeps the mask still where the match is flat.
+            score = candidates @ reference / norm - 0.02 * np.abs(_TRACK_MOVES).sum(axis=1)
+            if sagittal[z].any():
+                score -= _TRACK_S_WEIGHT * _line_disagreement(axial, sagittal[z], xs, cy, cx)
+            dy, dx = _TRACK_MOVES[int(np.argmax(score))]
+            cy, cx = cy + int(dy), cx + int(dx)
             shifts[z] = (cy, cx)
             template = 0.5 * _shift(smooth[za], cy, cx) + 0.5 * smooth[z]
             z += step
     return shifts
+
+
+def _line_disagreement(axial: np.ndarray, line: np.ndarray, xs: int, cy: int, cx: int) -> np.ndarray:
+    """For each move of ``_TRACK_MOVES`` on top of (cy, cx): the voxels where the moved axial mask's
+    crossing line differs from ``line``, over the voxels of ``line``."""
+    out = np.empty(len(_TRACK_MOVES))
+    for k, (dy, dx) in enumerate(_TRACK_MOVES):
+        column = xs - cx - int(dx)
+        moved = np.zeros_like(line)
+        if 0 <= column < axial.shape[1]:
+            moved = _shift(axial[:, column : column + 1], cy + int(dy), 0)[:, 0]
+        out[k] = np.count_nonzero(moved ^ line) / np.count_nonzero(line)
+    return out
 
 
 def _shift(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
