@@ -28,7 +28,7 @@ import yaml
 
 from ipnp.config import RunConfig, dump_config, parse_config
 from ipnp.data.dataset import LABELS_TS, PartialDataset
-from ipnp.data.io import atomic_path, read_json, write_csv, write_json
+from ipnp.data.io import atomic_path, read_json, refuse_output_inside, write_csv, write_json
 from ipnp.data.validate import require_valid
 from ipnp.errors import IpnpError
 from ipnp.evaluation.evaluate import SUMMARY_JSON
@@ -155,8 +155,7 @@ def _effective_config(
 
 def _check_dataset(dataset: Path, out: Path, simulate: bool) -> PartialDataset:
     ds = require_valid(dataset)
-    if out.absolute() == ds.root.absolute() or ds.root.absolute() in out.absolute().parents:
-        raise IpnpError(f"{out}: the benchmark folder must not be the input dataset or lie inside it")
+    refuse_output_inside(out, ds.root)
     if not ds.test_ids:
         raise IpnpError(f"{ds.root}: no test images (imagesTs); the benchmark scores every method on them")
     if not (ds.root / LABELS_TS).is_dir():

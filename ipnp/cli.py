@@ -113,23 +113,17 @@ def _add_generalist_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
 
 
-def _run_config(args: argparse.Namespace):
-    from ipnp.config import load_config
-
-    return load_config(
-        args.config, **{"profile": args.profile, "epochs": args.epochs, "iterations_per_epoch": args.iterations,
-                        "device": args.device, "vls": args.vls, "generalist.name": args.generalist,
-                        "generalist.model_dir": args.model_dir, "generalist.server_url": args.server_url}
-    )
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
+    from ipnp.config import load_config
     from ipnp.loop import run_ipnp, summary_text
 
-    explicit = args.config is not None or any(
-        v is not None for v in (args.profile, args.epochs, args.iterations, args.device, args.vls, args.generalist,
-                                args.model_dir, args.server_url))
-    summary = run_ipnp(args.dataset, args.out, _run_config(args) if explicit else None, resume=args.resume)
+    overrides = {"profile": args.profile, "epochs": args.epochs, "iterations_per_epoch": args.iterations,
+                 "device": args.device, "vls": args.vls, "generalist.name": args.generalist,
+                 "generalist.model_dir": args.model_dir, "generalist.server_url": args.server_url}
+    # Without settings, a resumed run takes its saved config and a new one the defaults.
+    explicit = args.config is not None or any(v is not None for v in overrides.values())
+    config = load_config(args.config, **overrides) if explicit else None
+    summary = run_ipnp(args.dataset, args.out, config, resume=args.resume)
     print(summary_text(summary))
     return 0
 

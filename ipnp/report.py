@@ -14,6 +14,7 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import yaml
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from ipnp.config import parse_config
 from ipnp.data.dataset import PartialDataset, read_label
 from ipnp.data.io import Geometry, atomic_path, ensure_dir, read_image, read_json
 from ipnp.errors import IpnpError
@@ -92,13 +94,11 @@ class _Run:
     def name(self, organ: int) -> str:
         return self.names.get(organ, str(organ))
 
-    @property
+    @cached_property
     def planned_epochs(self) -> list:
         """The epochs after which the config plans a round, as the run computes them."""
         if not self.config:
             return []
-        from ipnp.config import parse_config
-
         try:
             return parse_config({k: v for k, v in self.config.items() if k != "dataset"}).round_epochs()
         except IpnpError:
