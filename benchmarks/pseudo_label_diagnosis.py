@@ -2,11 +2,16 @@
 specialist's Dice, the pseudo-label's Dice (both against ``labelsTr_full``), and their voxel counts.
 
     python benchmarks/pseudo_label_diagnosis.py RUN [--round K] [--cases 4]
+
+With ``--components`` it instead pseudo-labels those cases anew with the final specialist and the run's
+generalist (no entropy gate), once with prompts from the largest component of the specialist's mask and
+once from the whole mask (the paper's rule), and prints both pseudo-labels' Dice per organ.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +31,12 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--round", type=int, help="default: the last finished round")
     parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--components", action="store_true",
+                        help="compare prompts from the largest component with prompts from the whole mask")
     args = parser.parse_args()
+    if args.components:
+        compare_components(args.run, args.cases)
+        return
     k = args.round or last_round(args.run)
     dataset = PartialDataset(yaml.safe_load((args.run / "config.yaml").read_text())["dataset"])
     specialist = Specialist(args.run / SPECIALIST, device="cpu")
@@ -44,6 +54,35 @@ def main() -> None:
                 print(case_id, organ, status[case_id]["organs"].get(str(organ), {}).get("status", "-"),
                       f"{dice(predicted == organ, reference):.2f}", f"{dice(pseudo == organ, reference):.2f}",
                       int(np.count_nonzero(pseudo == organ)), int(np.count_nonzero(reference)))
+
+
+def compare_components(run: Path, n_cases: int) -> None:
+    from ipnp.config import parse_config
+    from ipnp.loop import _make_generalist
+    from ipnp.pseudo.round import pseudo_label_case
+
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    dataset = PartialDataset(raw.pop("dataset"))
+    config = parse_config(raw)
+    specialist = Specialist(run / SPECIALIST, device="cpu")
+    generalist = _make_generalist(config)
+    print("case organ specialist_dice dice_largest_component dice_whole_mask")
+    for case_id in dataset.training_ids[:n_cases]:
+        case = dataset.case(case_id)
+        image, geometry = case.load_image()
+        label, _ = case.load_label()
+        full, _ = case.load_full_label()
+        predicted, probs = specialist.predict(image, geometry)
+        outcomes = [
+            pseudo_label_case(case, image, geometry, label, predicted, probs, generalist,
+                              replace(config.refine, largest_component=largest), gate_active=False, previous={},
+                              full_label=full)[1].organs
+            for largest in (True, False)
+        ]
+        for organ in sorted(case.unknown):
+            if (full == organ).any():
+                print(case_id, organ, f"{dice(predicted == organ, full == organ):.2f}",
+                      *(f"{o[organ].dice or 0.0:.2f}" for o in outcomes))
 
 
 if __name__ == "__main__":

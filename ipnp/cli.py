@@ -90,7 +90,8 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     specialist = Specialist(args.model, device=args.device)
     with _generalist(args) as generalist:
         folder = run_round(dataset, specialist, generalist, args.out, args.round,
-                           RefineSettings(padding=args.padding, tau=args.tau, delta=args.delta),
+                           RefineSettings(padding=args.padding, tau=args.tau, delta=args.delta,
+                                          largest_component=not args.all_components),
                            gate_active=args.entropy_gate, cases=args.cases)
     print(f"wrote round {args.round} to {folder}")
     return 0
@@ -244,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--padding", type=int, default=6, help="box padding p in voxels (default 6)")
     p.add_argument("--tau", type=float, default=0.4, help="class-probability threshold (default 0.4)")
     p.add_argument("--delta", type=int, default=3, help="ROI dilation in voxels (default 3)")
+    p.add_argument("--all-components", action="store_true",
+                   help="prompt from the whole predicted mask (the paper's rule) instead of its largest component")
     _add_generalist_options(p)
     p.set_defaults(func=_cmd_pseudo_label)
 

@@ -99,7 +99,7 @@ def _check_type(key: str, value: Any, kind: type) -> Any:
 _SCALARS = {
     "profile": str, "epochs": int, "iterations_per_epoch": int, "device": str, "vls": bool,
     "rounds.at": list, "rounds.epochs": list, "rounds.gate_from_round": int,
-    "refine.padding": int, "refine.tau": float, "refine.delta": int,
+    "refine.padding": int, "refine.tau": float, "refine.delta": int, "refine.largest_component": bool,
     "generalist.name": str, "generalist.model_dir": str, "generalist.server_url": str, "generalist.device": str,
 }
 _SECTIONS = {"rounds": RoundsConfig, "refine": RefineSettings, "generalist": GeneralistConfig}

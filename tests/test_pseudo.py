@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from conftest import make_dataset, tree_digest
 from ipnp.data import PartialDataset
 from ipnp.generalist.base import Generalist
-from ipnp.pseudo.prompts import AnatomicalAxes, anatomical_axes, box_prompts, median_slice
+from ipnp.pseudo.prompts import AnatomicalAxes, anatomical_axes, box_prompts, largest_component, median_slice
 from ipnp.pseudo.refine import RefineSettings, entropy_map, mean_entropy, refine
 from ipnp.pseudo.round import ACCEPTED, PSEUDO_MANIFEST, REJECTED, SKIPPED, STATUS_FILE, load_previous, run_round
 
@@ -214,6 +214,38 @@ def test_entropy_gate_accepts_only_a_more_certain_pseudo_label(simulated, tmp_pa
     run_round(simulated, StandInSpecialist(simulated, confidence=0.95), BoxGeneralist(), out, 3, gate_active=True, cases=[case_id])
     organs = json.loads((out / "rounds/3/pseudo_status.json").read_text())["cases"][case_id]["organs"]
     assert all(entry["status"] == ACCEPTED for entry in organs.values())
+
+
+def test_largest_component_keeps_the_biggest_object_only():
+    mask = np.zeros((20, 20, 20), bool)
+    mask[2:8, 2:8, 2:8] = True  # 216 voxels
+    mask[12:15, 12:15, 12:15] = True  # 27
+    mask[9, 9, 18] = True
+    kept = largest_component(mask)
+    assert kept.sum() == 216 and kept[2:8, 2:8, 2:8].all()
+    assert np.array_equal(largest_component(kept), kept)
+    assert not largest_component(np.zeros((3, 3, 3), bool)).any()
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_a_stray_speck_of_the_prediction_does_not_stretch_the_prompts(largest):
+    """The boxes frame the organ, not a false-positive voxel far from it, unless the paper's rule is asked for."""
+    from types import SimpleNamespace
+
+    from ipnp.data.io import Geometry
+    from ipnp.pseudo.round import pseudo_label_case
+
+    shape = (16, 16, 16)
+    predicted = np.zeros(shape, np.uint8)
+    predicted[3:9, 3:9, 3:9] = 1
+    predicted[5, 14, 14] = 1  # on the axial median slice (z = 5)
+    probs = np.stack([predicted == 0, predicted == 1]).astype(np.float16)
+    generalist = BoxGeneralist()
+    pseudo_label_case(SimpleNamespace(unknown={1}), np.zeros((1, *shape), np.float32), Geometry.from_spacing((1, 1, 1)),
+                      np.zeros(shape, np.uint8), predicted, probs, generalist,
+                      RefineSettings(padding=0, delta=0, largest_component=largest), gate_active=False, previous={})
+    (prompts,) = generalist.calls
+    assert prompts.axial.bounds[2] == ((3, 9) if largest else (3, 15))
 
 
 def test_where_pseudo_labels_overlap_the_higher_probability_wins_even_for_a_carried_one():

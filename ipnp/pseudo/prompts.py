@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 Bounds = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 
@@ -95,6 +96,21 @@ def slice_box(mask: np.ndarray, axis: int, padding: int) -> BoxPrompt:
         hits = np.flatnonzero(plane.any(axis=1 - plane_axis))
         bounds[axis3d] = (max(0, int(hits[0]) - padding), min(mask.shape[axis3d], int(hits[-1]) + 1 + padding))
     return BoxPrompt(tuple(bounds))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 6-connected component of a binary mask (the mask itself when it has at most one)."""
+    bounds = ndimage.find_objects(mask.astype(np.uint8))
+    if not bounds:
+        return mask.astype(bool)
+    crop = bounds[0]  # labelling the mask's bounding box only keeps this cheap on a whole CT
+    components, n = ndimage.label(mask[crop])
+    out = np.zeros(mask.shape, dtype=bool)
+    if n <= 1:
+        out[crop] = components > 0
+    else:
+        out[crop] = components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+    return out
 
 
 def box_prompts(mask: np.ndarray, padding: int = 6, axes: AnatomicalAxes = AnatomicalAxes()) -> PromptPair | None:

@@ -22,11 +22,18 @@ _SLAB_VOXELS = 2**18  # voxels of a region read at a time: bounds the (classes, 
 
 @dataclass(frozen=True)
 class RefineSettings:
-    """The paper's defaults: box padding p=6, class-probability threshold τ=0.4, ROI dilation δ=3."""
+    """The paper's defaults: box padding p=6, class-probability threshold τ=0.4, ROI dilation δ=3.
+
+    ``largest_component`` (ipnp's addition, on by default): prompts come from the largest connected
+    component of the specialist's mask, as nnU-Net's own postprocessing would keep it. A box is meant to
+    frame one object; a false-positive speck far from the organ stretches it over other anatomy, and the
+    generalist then segments the wrong thing (docs/pseudo_labels.md).
+    """
 
     padding: int = 6
     tau: float = 0.4
     delta: int = 3
+    largest_component: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:

@@ -40,7 +40,7 @@ from ipnp.data.dataset import Case, PartialDataset, read_label
 from ipnp.data.io import Geometry, read_json, write_image, write_json
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
-from ipnp.pseudo.prompts import anatomical_axes, box_prompts
+from ipnp.pseudo.prompts import anatomical_axes, box_prompts, largest_component
 from ipnp.pseudo.refine import PseudoLabel, RefineSettings, refine
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,8 @@ def _one_organ(
         carried = replace(previous, probability=probs[(organ, *previous.region)][previous.mask])
         return OrganOutcome(status, reason, previous.voxels, h, pseudo_label=True, reference_entropy=previous.entropy), carried
 
-    prompts = box_prompts(predicted == organ, settings.padding, axes)
+    mask = predicted == organ
+    prompts = box_prompts(largest_component(mask) if settings.largest_component else mask, settings.padding, axes)
     if prompts is None:
         return keep_previous(SKIPPED, "the specialist predicts no voxel of this organ")
     start = time.perf_counter()
