@@ -30,6 +30,7 @@ slices' normal and axis 2 the sagittal slices'; the mask is zero outside the ROI
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import maxflow
@@ -69,6 +70,10 @@ _TRACK_MARGIN = 3  # voxels of context around the axial mask compared while trac
 _TRACK_S_WEIGHT = 0.3  # weight of agreeing with the sagittal mask while tracking
 _TRACK_MOVES = np.array([(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)])  # one tracking step's choices
 _SCALE_RANGE = (0.3, 1.0)  # the sagittal mask may shrink a swept cross-section, never widen it
+# Voxels of a work crop segmented at full resolution. The random walker and the graph cut need a few
+# hundred bytes per voxel; a larger crop (a whole-abdomen box from a barely trained specialist) is
+# segmented on a coarser grid, which keeps one organ's peak memory near 1.5 GB.
+_VOXEL_BUDGET = 2**22
 
 
 class ClassicalGeneralist(Generalist):
@@ -115,7 +120,7 @@ class ClassicalGeneralist(Generalist):
         axial = _box_in(_tight_box(prompts.axial.bounds, image.shape, self.padding), work, order)
         sagittal = _box_in(_tight_box(prompts.sagittal.bounds, image.shape, self.padding), work, order)
         # Tight ranges: (rows, cols) of the axial slice, (y, x), and of the sagittal slice, (z, y).
-        crop = _segment_crop(volume, axial[0][0], sagittal[2][0], [axial[1], axial[2]], [sagittal[0], sagittal[1]])
+        crop = _segment_within_budget(volume, axial[0][0], sagittal[2][0], [axial[1], axial[2]], [sagittal[0], sagittal[1]])
 
         mask = np.zeros(image.shape, dtype=bool)
         mask[work] = np.transpose(crop, np.argsort(order))
@@ -135,6 +140,29 @@ def _tight_box(bounds: tuple[Range, Range, Range], shape: tuple[int, ...], paddi
 def _box_in(bounds: list[Range], work: tuple[slice, ...], order: tuple[int, int, int]) -> list[Range]:
     """Bounds relative to the work crop, in the crop's transposed axis order."""
     return [(bounds[a][0] - work[a].start, bounds[a][1] - work[a].start) for a in order]
+
+
+def _segment_within_budget(volume: np.ndarray, za: int, xs: int, tight_a: list[Range], tight_s: list[Range]) -> np.ndarray:
+    """:func:`_segment_crop`, on a grid ``stride`` times coarser (through both prompt slices) when the crop
+    exceeds the voxel budget; the coarse mask is brought back to the crop's grid by nearest neighbour."""
+    stride = max(1, math.ceil((volume.size / _VOXEL_BUDGET) ** (1 / 3)))
+    if stride == 1:
+        return _segment_crop(volume, za, xs, tight_a, tight_s)
+    origin = (za % stride, 0, xs % stride)  # the coarse grid keeps both prompt slices
+    grid = tuple(slice(o, None, stride) for o in origin)
+    coarse = ndimage.gaussian_filter(volume.astype(np.float32), stride / 2)[grid]  # low-passed, not aliased
+
+    def down(span: Range, axis: int) -> Range:
+        lo = -(-(span[0] - origin[axis]) // stride)
+        return lo, max(lo + 1, (span[1] - 1 - origin[axis]) // stride + 1)
+
+    mask = _segment_crop(coarse, (za - origin[0]) // stride, (xs - origin[2]) // stride,
+                         [down(tight_a[0], 1), down(tight_a[1], 2)], [down(tight_s[0], 0), down(tight_s[1], 1)])
+    nearest = [
+        np.clip(np.floor((np.arange(n) - o) / stride + 0.5).astype(int), 0, c - 1)
+        for n, o, c in zip(volume.shape, origin, mask.shape)
+    ]
+    return mask[np.ix_(*nearest)]
 
 
 def _segment_crop(volume: np.ndarray, za: int, xs: int, tight_a: list[Range], tight_s: list[Range]) -> np.ndarray:
