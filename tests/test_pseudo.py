@@ -185,6 +185,29 @@ def test_a_failing_or_garbage_generalist_rejects_only_that_organ(simulated, tmp_
     assert all(organs[str(o)]["status"] == ACCEPTED for o in unknown[2:])
 
 
+def test_a_generalist_that_cannot_take_the_image_rejects_that_case_only(simulated, tmp_path):
+    class Refusing(BoxGeneralist):
+        def set_image(self, image, spacing_zyx):
+            if refused:
+                raise MemoryError("image too large for the server")
+            super().set_image(image, spacing_zyx)
+
+    first, second = simulated.training_ids[:2]
+    out = tmp_path / "run"
+    refused = False
+    run_round(simulated, StandInSpecialist(simulated), Refusing(), out, 1, cases=[first])
+    refused = True
+    run_round(simulated, StandInSpecialist(simulated), Refusing(), out, 2, cases=[first, second])
+    cases = json.loads((out / "rounds/2/pseudo_status.json").read_text())["cases"]
+    for case_id, carried in ((first, True), (second, False)):
+        for entry in cases[case_id]["organs"].values():
+            assert entry["status"] == REJECTED and "too large for the server" in entry["reason"]
+            assert entry["pseudo_label"] is carried  # round 1's pseudo-labels of the first case are kept
+    merged1 = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "rounds/1/labels" / f"{first}.nii.gz")))
+    merged2 = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "rounds/2/labels" / f"{first}.nii.gz")))
+    assert np.array_equal(merged1, merged2)
+
+
 def test_empty_prediction_is_skipped(simulated, tmp_path):
     case_id = _one_case(simulated)
     specialist = StandInSpecialist(simulated)

@@ -113,14 +113,18 @@ def pseudo_label_case(
     result = result or CaseResult()
     axes = anatomical_axes(geometry.direction)
     start = time.perf_counter()
-    generalist.set_image(image[0], geometry.spacing_zyx)
+    try:
+        generalist.set_image(image[0], geometry.spacing_zyx)
+        image_error = None
+    except Exception as exc:  # noqa: BLE001 - one case's failure must not end the round
+        image_error = f"generalist failed on the image: {type(exc).__name__}: {exc}".splitlines()[0]
     result.seconds["generalist"] += time.perf_counter() - start
 
     free = ground_truth == 0
     pseudo: dict[int, PseudoLabel] = {}
     for organ in sorted(case.unknown):
         outcome, label = _one_organ(organ, free, predicted, probs, generalist, settings, axes, gate_active,
-                                    previous.get(organ), result)
+                                    previous.get(organ), result, image_error)
         if label is not None:
             pseudo[organ] = label
             if full_label is not None:
@@ -153,8 +157,10 @@ def _one_organ(
     gate_active: bool,
     previous: PseudoLabel | None,
     result: CaseResult,
+    image_error: str | None = None,
 ) -> tuple[OrganOutcome, PseudoLabel | None]:
-    """One organ's outcome and the pseudo-label it leaves (new, carried over, or None)."""
+    """One organ's outcome and the pseudo-label it leaves (new, carried over, or None); ``image_error``
+    rejects it because the generalist could not take the case's image."""
 
     def keep_previous(status: str, reason: str, h: float | None = None) -> tuple[OrganOutcome, PseudoLabel | None]:
         if previous is None:
@@ -164,6 +170,8 @@ def _one_organ(
         carried = replace(previous, probability=probs[(organ, *previous.region)][previous.mask])
         return OrganOutcome(status, reason, previous.voxels, h, pseudo_label=True, reference_entropy=previous.entropy), carried
 
+    if image_error:
+        return keep_previous(REJECTED, image_error)
     mask = predicted == organ
     prompts = box_prompts(largest_component(mask) if settings.largest_component else mask, settings.padding, axes)
     if prompts is None:
