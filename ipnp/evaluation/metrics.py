@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from monai.metrics import get_mask_edges, get_surface_distance
 from scipy import ndimage
 
 Box = tuple[slice, ...]
@@ -79,6 +78,8 @@ def _cropped_hd95(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing_zyx: Sequ
         return 0.0
     if not (has_pred and has_ref):
         return worst
+    from monai.metrics import get_mask_edges, get_surface_distance  # MONAI takes seconds to import
+
     edges_pred, edges_ref = get_mask_edges(pred_mask, ref_mask, crop=False)
     spacing = [float(s) for s in spacing_zyx]
     distances = np.concatenate(
