@@ -134,11 +134,40 @@ def test_a_slice_beside_the_other_slices_box_takes_the_organ_not_its_surrounding
     generalist = ClassicalGeneralist()
     generalist.set_image(image, (3.0, 3.0, 3.0))
     mask = generalist.segment(prompts)
-    # Between the bars is soft tissue, which the slice's own EM used to take for the organ.
-    assert mask[za, 12:24, 15:25].sum() <= 20
+    # Between the bars is soft tissue, which the slice's own EM, and pins in its empty columns, used to
+    # take for the organ.
+    assert not mask[za, 12:24, 15:25].any()
     # Above the prompt slice, beyond the sagittal box, the bars go on (the extent is centred on za).
     z = za + 3
     assert 2 * (mask[z] & bone[z]).sum() / (mask[z].sum() + bone[z].sum()) >= 0.8
+
+
+def test_pins_of_an_organ_in_pieces_go_on_the_boxs_sides_only() -> None:
+    mask = np.zeros((30, 40), bool)
+    mask[12:24, 10:14] = mask[12:24, 26:30] = True  # two bars: every side of the box is touched
+    unary = np.zeros(mask.shape)
+    allowed = np.ones(mask.shape, bool)
+    pins = np.zeros(mask.shape, bool)
+    assert not classical._pin_empty_lines(mask, unary, allowed, (12, 24), (10, 30), pins, sides_only=True)
+    assert not pins.any()
+    # Pinning every line fills the columns between the bars.
+    assert classical._pin_empty_lines(mask, unary, allowed, (12, 24), (10, 30), pins)
+    assert pins[:, 14:26].any(axis=0).all()
+
+
+def test_a_tracked_cross_section_follows_a_drifting_tube() -> None:
+    """A soft-tissue tube in a bony ring, drifting along y; outside the ring is soft tissue too."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(40, 10, (30, 24, 20)).astype(np.float32)
+    yy, xx = np.mgrid[0:24, 0:20]
+    centre = [6 + z // 3 for z in range(30)]
+    for z, cy in enumerate(centre):
+        radius = np.hypot(yy - cy, xx - 10)
+        image[z][(radius >= 1.6) & (radius < 3.2)] = 700
+    axial = np.hypot(yy - centre[15], xx - 10) < 1.6
+    prior = classical._tracked_prior(image, axial, 15, 10, (0, 30))
+    assert [abs(int(np.argmax(prior[z])) - cy) <= 1 for z, cy in enumerate(centre)] == [True] * 30
+    assert prior[0, centre[15]] < 0  # the prompt slice's position is not simply copied along z
 
 
 def test_a_retraced_tube_does_not_jump_into_a_pocket_beside_it() -> None:

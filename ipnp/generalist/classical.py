@@ -11,18 +11,21 @@ algorithms; every parameter is fixed or derived from the image and the prompts, 
    column of a tight box holds some organ). A slice whose box is much wider than the organ's width on the
    crossing line holds an oblique or curved structure (spinal cord, oesophagus, mandible): it is re-traced
    by dynamic programming as one interval per row, grown from the crossing line with costs on width
-   changes and on moving ends, with the other slice's intensities as the organ model. A slice whose plane
+   changes and on moving ends, with the other slice's intensities as the organ model; a sagittal slice
+   also scores where the axial mask, tracked slice by slice along z (template tracking, as in step 2),
+   crosses it. A slice whose plane
    the other slice's tight box does not reach (the organ does not cross the line where the slices meet)
-   is re-cut with the other slice's organ intensities.
+   is re-cut with the other slice's organ intensities, pinned on the box's sides only (the organ may be
+   in pieces there).
 2. **Volume (3D).** Two shape priors sweep each slice mask across the organ's extent: the axial mask
    along the body axis and the sagittal mask along the left-right axis, each following the image by
    template tracking (normalised cross-correlation) and shrunk by the other mask's widths; the prior is
    their maximum. The boxes also bound the organ: along z the sagittal box, along x the axial box, each
    widened to be centred on the other prompt slice (prompts are median slices, mid-extent). Outside
    these bounds, where no prior reaches, voxels are penalised and seed the random walker as background.
-   A final graph cut combines the intensity log-likelihood ratio, the prior, the bounds and the
-   probability of scikit-image's random walker seeded with the two slice masks; the components touching
-   those masks are kept.
+   A final graph cut combines the intensity log-likelihood ratio (organ intensities from the slice masks'
+   cores, without their boundary voxels), the prior, the bounds and the probability of scikit-image's
+   random walker seeded with the two slice masks; the components touching those masks are kept.
 
 The work is done on the prompts' ROI (``PromptPair.roi``), transposed so that axis 0 is the axial
 slices' normal and axis 2 the sagittal slices'; the mask is zero outside the ROI.
@@ -49,11 +52,12 @@ _ROI_DILATION = 3  # the ROI beyond the boxes, as in the IPnP paper (Eq. 2)
 _EM_ITERATIONS = 3
 _PIN_ROUNDS = 6
 _SLICE_SMOOTHNESS = 0.5  # edge weight of the 2D cuts; weak: soft-tissue edges are weak in CT
-_SLICE_PRIOR_WEIGHT = 0.5  # weight of the ellipse prior's log-odds in the 2D cuts
+_SLICE_PRIOR_WEIGHT = 1.0  # weight of the ellipse prior's log-odds in the 2D cuts
 _OBLIQUE_RATIO = 0.6  # organ width on the crossing line / box width below which a slice is re-traced
 _DP_STEP = 2  # voxels an interval's end may move from one row to the next
 _DP_MOVE_COST = 1.5  # per voxel an interval's end moves from one row to the next: no jumps into side gaps
 _DP_WIDTH_COST = 2.0  # per voxel of width away from the width on the crossing line
+_TRACKED_WEIGHT = 1.0  # weight of the tracked cross-section in a re-traced slice's score
 _DP_UNREACHABLE = -1e12  # finite, so that move costs can be added to it
 _DP_STEPS = np.arange(-_DP_STEP, _DP_STEP + 1)
 # The gain of moving the ends (left, right) of an interval from one row to the next.
@@ -62,7 +66,7 @@ _VOLUME_BANDWIDTH = 20.0  # HU: kernel width of the 3D intensity histograms
 _LLR_CLIP = 4.0
 _PRIOR_CLIP = 0.02
 _RW_BETA = 1000.0
-_RW_WEIGHT = 2.0
+_RW_WEIGHT = 1.0
 _VOLUME_SMOOTHNESS = 1.0
 _PRIOR_FLOOR = 0.01  # a prior below this counts as no prior
 _EXTENT_PENALTY = 3.0  # per voxel outside the organ's extent (from the boxes) where the prior does not reach
@@ -172,10 +176,12 @@ def _segment_crop(volume: np.ndarray, za: int, xs: int, tight_a: list[Range], ti
     axial_image = ndimage.gaussian_filter(volume[za], _SLICE_SMOOTH_SIGMA)
     sagittal_image = ndimage.gaussian_filter(volume[:, :, xs], _SLICE_SMOOTH_SIGMA)
     axial, sagittal = _segment_slices(axial_image, sagittal_image, tight_a, tight_s, za, xs)
-    axial, sagittal = _redo_from_other_slice(axial_image, sagittal_image, axial, sagittal, tight_a, tight_s, za, xs)
+    smooth = ndimage.gaussian_filter(volume, _SMOOTH_SIGMA)
+    axial, sagittal = _redo_from_other_slice(
+        smooth, axial_image, sagittal_image, axial, sagittal, tight_a, tight_s, za, xs
+    )
     if not (axial.any() or sagittal.any()):
         return np.zeros(volume.shape, dtype=bool)
-    smooth = ndimage.gaussian_filter(volume, _SMOOTH_SIGMA)
     return _segment_volume(smooth, axial, sagittal, za, xs, tight_s[0], tight_a[1])
 
 
@@ -258,20 +264,29 @@ def _ellipse_prior(shape: tuple[int, int], rows: Range, cols: Range) -> tuple[np
 
 
 def _pin_empty_lines(
-    mask: np.ndarray, unary: np.ndarray, allowed: np.ndarray, rows: Range, cols: Range, pins: np.ndarray
+    mask: np.ndarray,
+    unary: np.ndarray,
+    allowed: np.ndarray,
+    rows: Range,
+    cols: Range,
+    pins: np.ndarray,
+    sides_only: bool = False,
 ) -> bool:
     """Pinpointing: in each row and column of the tight box without organ, fix its likeliest allowed
     pixel as organ. Returns whether a pin was added.
 
-    A connected organ crosses every row and column of its bounding box (Lempitsky et al., ICCV 2009).
+    A connected organ crosses every row and column of its bounding box (Lempitsky et al., ICCV 2009); an
+    organ that may fall apart in the slice (``sides_only``) still touches the box's four sides.
     """
     score = np.where(allowed, unary, -np.inf)
     added = False
-    for r in range(*rows):
+    row_lines = (rows[0], rows[1] - 1) if sides_only else range(*rows)
+    col_lines = (cols[0], cols[1] - 1) if sides_only else range(*cols)
+    for r in row_lines:
         line = score[r, cols[0] : cols[1]]
         if not mask[r, cols[0] : cols[1]].any() and np.isfinite(line.max()):
             pins[r, cols[0] + int(np.argmax(line))] = added = True
-    for c in range(*cols):
+    for c in col_lines:
         line = score[rows[0] : rows[1], c]
         if not mask[rows[0] : rows[1], c].any() and np.isfinite(line.max()):
             pins[rows[0] + int(np.argmax(line)), c] = added = True
@@ -365,6 +380,7 @@ def _main_run(line: np.ndarray, span: Range) -> Range | None:
 
 
 def _redo_from_other_slice(
+    smooth: np.ndarray,
     axial_image: np.ndarray,
     sagittal_image: np.ndarray,
     axial: np.ndarray,
@@ -382,7 +398,9 @@ def _redo_from_other_slice(
       re-cut.
     - A slice whose organ is much narrower on the crossing line than its box is wide holds an oblique or
       curved structure, which the ellipse prior fills. It is re-traced as one interval per row, grown from
-      the other slice's organ on the crossing line.
+      the other slice's organ on the crossing line. A sagittal re-trace also follows the axial mask tracked
+      along z; an axial one does not follow the sagittal mask tracked along x, which bends away from
+      curved structures in the axial plane.
     """
     if not tight_s[0][0] <= za < tight_s[0][1]:
         if sagittal.any():
@@ -399,6 +417,7 @@ def _redo_from_other_slice(
     ratio_a = 0.0 if run_s is None else (run_s[1] - run_s[0]) / (tight_a[0][1] - tight_a[0][0])
     if ratio_s < _OBLIQUE_RATIO <= ratio_a and run_a is not None:
         llr = _model_from(axial_image, axial, tight_a, sagittal_image, tight_s)
+        llr += _tracked_prior(smooth, axial, za, xs, tight_s[0])
         sagittal = _interval_dp(llr, za, run_a, tight_s[0], tight_s[1])
     elif ratio_a < _OBLIQUE_RATIO <= ratio_s and run_s is not None:
         llr = _model_from(sagittal_image, sagittal, tight_s, axial_image, tight_a)
@@ -407,8 +426,25 @@ def _redo_from_other_slice(
     return axial, sagittal
 
 
+def _tracked_prior(smooth: np.ndarray, axial: np.ndarray, za: int, xs: int, z_span: Range) -> np.ndarray:
+    """A score for the sagittal slice (z, y) from the axial mask tracked across ``z_span``: about
+    +-``_TRACKED_WEIGHT`` where the tracked mask crosses the sagittal plane or not (blurred by a voxel).
+
+    An oblique tube's cross-section keeps its surroundings from slice to slice (the cord in its bony
+    canal), which the sagittal slice alone does not show where the tube's wall has gaps.
+    """
+    shifts = _track(smooth, axial, np.zeros(smooth.shape[:2], dtype=bool), za, xs, z_span)
+    tracked = np.zeros(smooth.shape[:2])
+    for z, (dy, dx) in shifts.items():
+        if 0 <= xs - dx < axial.shape[1]:
+            tracked[z] = _shift(axial[:, xs - dx : xs - dx + 1], dy, 0)[:, 0]
+    return _TRACKED_WEIGHT * (2 * ndimage.gaussian_filter(tracked, 1.0) - 1)
+
+
 def _cut_slice(image: np.ndarray, unary: np.ndarray, tight: list[Range]) -> np.ndarray:
-    """Graph cut of one slice inside its tight box, with pinpointing."""
+    """Graph cut of one slice inside its tight box, pinned on the box's sides only: the slice does not
+    reach the crossing line, where the organ may be in pieces (a U-shaped bone above its bend), and
+    pins in the rows and columns between the pieces would add tissue between them."""
     box = _box_mask(image.shape, tight)
     sigma = max(1.5 * _noise_scale(image), 5.0)
     pins = np.zeros(image.shape, dtype=bool)
@@ -418,7 +454,7 @@ def _cut_slice(image: np.ndarray, unary: np.ndarray, tight: list[Range]) -> np.n
         _terminal_edges(graph, ids, unary, pins, ~box)
         graph.maxflow()
         mask = ~graph.get_grid_segments(ids) & box
-        if not _pin_empty_lines(mask, unary, box, *tight, pins):
+        if not _pin_empty_lines(mask, unary, box, *tight, pins, sides_only=True):
             break
     return mask
 
@@ -511,8 +547,12 @@ def _segment_volume(
     organ[:, :, xs] |= sagittal
     background = on_slices & ~organ
 
+    # The organ's intensities from the masks' cores: their boundary voxels mix organ and surroundings.
+    core = np.zeros(smooth.shape, dtype=bool)
+    core[za] = _core(axial)
+    core[:, :, xs] |= _core(sagittal)
     values = smooth[on_slices]
-    weights = organ[on_slices].astype(float), background[on_slices].astype(float)
+    weights = core[on_slices].astype(float), background[on_slices].astype(float)
     model = _IntensityModel(values, *weights, _VOLUME_BANDWIDTH)
     # The organ's extent along z and x: the other slice's box, centred on the prompt slice (prompts are
     # median slices, which lie mid-extent) and clipped to the crop.
@@ -539,6 +579,12 @@ def _segment_volume(
     # Drop islands the cut found elsewhere in the ROI: the organ is what connects to the prompted slices.
     keep = np.unique(labels[organ])
     return np.isin(labels, keep[keep > 0])
+
+
+def _core(mask: np.ndarray) -> np.ndarray:
+    """``mask`` less its boundary, or ``mask`` itself where nothing would be left (a thin structure)."""
+    eroded = ndimage.binary_erosion(mask)
+    return eroded if eroded.any() else mask
 
 
 def _extent(shape: tuple[int, ...], axial: np.ndarray, sagittal: np.ndarray, z_span: Range, x_span: Range) -> np.ndarray:
