@@ -6,6 +6,10 @@ specialist's Dice, the pseudo-label's Dice (both against ``labelsTr_full``), and
 With ``--components`` it instead pseudo-labels those cases anew with the final specialist and the run's
 generalist (no entropy gate), once with prompts from the largest component of the specialist's mask and
 once from the whole mask (the paper's rule), and prints both pseudo-labels' Dice per organ.
+
+With ``--landing`` it reads round K's labels of every training case (no prediction) and prints, per
+pseudo-labeled organ, which organs of ``labelsTr_full`` its voxels lie on: its precision, and what the
+rest teaches the specialist wrongly.
 """
 
 from __future__ import annotations
@@ -33,7 +37,12 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--components", action="store_true",
                         help="compare prompts from the largest component with prompts from the whole mask")
+    parser.add_argument("--landing", action="store_true",
+                        help="per organ, the full-label organs its pseudo-labelled voxels lie on (all cases)")
     args = parser.parse_args()
+    if args.landing:
+        landing(args.run, args.round or last_round(args.run))
+        return
     if args.components:
         compare_components(args.run, args.cases)
         return
@@ -83,6 +92,25 @@ def compare_components(run: Path, n_cases: int) -> None:
             if (full == organ).any():
                 print(case_id, organ, f"{dice(predicted == organ, full == organ):.2f}",
                       *(f"{o[organ].dice or 0.0:.2f}" for o in outcomes))
+
+
+def landing(run: Path, k: int) -> None:
+    from collections import Counter, defaultdict
+
+    dataset = PartialDataset(yaml.safe_load((run / "config.yaml").read_text())["dataset"])
+    labels = round_dir(run, k) / "labels"
+    on: dict[int, Counter] = defaultdict(Counter)
+    for case_id, organs in read_json(labels / "pseudo_labels.json").items():
+        merged, _ = read_label(labels / f"{case_id}{dataset.file_ending}")
+        full, _ = dataset.case(case_id).load_full_label()
+        for organ in organs:
+            values, counts = np.unique(full[merged == organ], return_counts=True)
+            on[organ].update(dict(zip(values.tolist(), counts.tolist())))
+    print(f"round {k}: organ pseudo_voxels precision  full-label organs under them (share)")
+    for organ, counter in sorted(on.items()):
+        total = sum(counter.values())
+        shares = " ".join(f"{o}:{n / total:.2f}" for o, n in counter.most_common(4))
+        print(organ, total, f"{counter[organ] / total:.2f}", shares)
 
 
 if __name__ == "__main__":
