@@ -104,12 +104,9 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     if not bounds:
         return mask.astype(bool)
     crop = bounds[0]  # labelling the mask's bounding box only keeps this cheap on a whole CT
-    components, n = ndimage.label(mask[crop])
+    components, _ = ndimage.label(mask[crop])
     out = np.zeros(mask.shape, dtype=bool)
-    if n <= 1:
-        out[crop] = components > 0
-    else:
-        out[crop] = components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
+    out[crop] = components == 1 + int(np.argmax(np.bincount(components.ravel())[1:]))
     return out
 
 

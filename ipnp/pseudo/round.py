@@ -90,6 +90,11 @@ def _as_mask(candidate: object, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
+def _failure(what: str, exc: Exception) -> str:
+    """A one-line rejection reason for a generalist's exception."""
+    return f"{what}: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
 def pseudo_label_case(
     case: Case,
     image: np.ndarray,
@@ -117,7 +122,7 @@ def pseudo_label_case(
         generalist.set_image(image[0], geometry.spacing_zyx)
         image_error = None
     except Exception as exc:  # noqa: BLE001 - one case's failure must not end the round
-        image_error = f"generalist failed on the image: {type(exc).__name__}: {exc}".splitlines()[0]
+        image_error = _failure("generalist failed on the image", exc)
     result.seconds["generalist"] += time.perf_counter() - start
 
     free = ground_truth == 0
@@ -180,7 +185,7 @@ def _one_organ(
     try:
         candidate = _as_mask(generalist.segment(prompts), free.shape)
     except Exception as exc:  # noqa: BLE001 - one organ's failure must not end the round
-        return keep_previous(REJECTED, f"generalist failed: {type(exc).__name__}: {exc}".splitlines()[0])
+        return keep_previous(REJECTED, _failure("generalist failed", exc))
     finally:
         result.seconds["generalist"] += time.perf_counter() - start
 
