@@ -67,14 +67,14 @@ def main() -> None:
 
 def compare_components(run: Path, n_cases: int) -> None:
     from ipnp.config import parse_config
-    from ipnp.loop import _make_generalist
+    from ipnp.loop import make_generalist_for
     from ipnp.pseudo.round import pseudo_label_case
 
     raw = yaml.safe_load((run / "config.yaml").read_text())
     dataset = PartialDataset(raw.pop("dataset"))
     config = parse_config(raw)
     specialist = Specialist(run / SPECIALIST, device="cpu")
-    generalist = _make_generalist(config)
+    generalist = make_generalist_for(config)
     print("case organ specialist_dice dice_largest_component dice_whole_mask")
     for case_id in dataset.training_ids[:n_cases]:
         case = dataset.case(case_id)

@@ -118,7 +118,7 @@ def _check_generalist(config: RunConfig) -> None:
 
         check_model_dir(Path(g.model_dir).expanduser() if g.model_dir else default_model_dir())
     elif g.name == "nninteractive-remote":
-        _make_generalist(config).close()  # opens and releases a session: the server answers
+        make_generalist_for(config).close()  # opens and releases a session: the server answers
 
 
 class Timings:
@@ -202,7 +202,7 @@ def _train_with_rounds(ds: PartialDataset, run_dir: Path, config: RunConfig, tim
         if k > len(round_epochs) or (round_dir(run_dir, k) / STATUS_FILE).is_file():
             continue
         if generalist is None:
-            generalist = _make_generalist(config)
+            generalist = make_generalist_for(config)
         from ipnp.specialist.predict import Specialist
 
         log.info("round %d after epoch %d (entropy gate %s)", k, until, "on" if k >= config.rounds.gate_from_round else "off")
@@ -211,7 +211,8 @@ def _train_with_rounds(ds: PartialDataset, run_dir: Path, config: RunConfig, tim
                       gate_active=k >= config.rounds.gate_from_round)
 
 
-def _make_generalist(config: RunConfig):
+def make_generalist_for(config: RunConfig) -> Generalist:
+    """The generalist a run configuration names, with its options and the prompts' padding."""
     from ipnp.generalist.registry import make_generalist
 
     g = config.generalist

@@ -31,7 +31,7 @@ RUNS = {  # column title -> run folder
 def box_generalist():
     """The classical generalist needs minutes per round here; the rounds themselves are test_loop's subject."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("ipnp.loop._make_generalist", lambda config: BoxGeneralist())
+        patch.setattr("ipnp.loop.make_generalist_for", lambda config: BoxGeneralist())
         yield
 
 

@@ -340,7 +340,7 @@ def test_a_round_needs_its_predecessor_and_appears_only_when_complete(simulated,
         run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(), out, 1, RefineSettings(tau=0.5))
     with pytest.raises(IpnpError, match="already exists"):
         run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(), out, 1, cases=simulated.training_ids[:1])
-    with pytest.raises(IpnpError, match="inside the input dataset"):
+    with pytest.raises(IpnpError, match="must not be an input folder or lie inside one"):
         run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(), simulated.root / "run", 1)
 
 

@@ -173,12 +173,15 @@ def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
 
 
 def refuse_output_inside(out: str | os.PathLike, *inputs: str | os.PathLike) -> None:
-    """Inputs are only read: an output folder that is an input or lies inside one is one clear error."""
-    out = Path(out).absolute()
+    """Inputs are only read: an output folder that is an input or lies inside one is one clear error.
+
+    Paths are resolved, so a symbolic link to an input counts as that input.
+    """
+    out = Path(out).resolve()
     for src in inputs:
-        src = Path(src).absolute()
+        src = Path(src).resolve()
         if out == src or src in out.parents:
-            raise IpnpError(f"{out}: output must not be the input dataset or lie inside it ({src})")
+            raise IpnpError(f"{out}: output must not be an input folder or lie inside one ({src})")
 
 
 @contextlib.contextmanager

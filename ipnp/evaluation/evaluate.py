@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ipnp.data.dataset import DATASET_JSON, parse_manifest, read_label
-from ipnp.data.io import atomic_path, ensure_dir, read_json, write_csv, write_json
+from ipnp.data.io import atomic_path, ensure_dir, read_json, refuse_output_inside, write_csv, write_json
 from ipnp.errors import IpnpError
 from ipnp.evaluation.metrics import score_case
 
@@ -57,8 +57,7 @@ def evaluate_folders(
     for folder in (pred_dir, gt_dir):
         if not folder.is_dir():
             raise IpnpError(f"{folder}: folder not found")
-        if out_dir.resolve() == folder.resolve() or folder.resolve() in out_dir.resolve().parents:
-            raise IpnpError(f"{out_dir}: output must not be an input folder or lie inside one ({folder})")
+    refuse_output_inside(out_dir, pred_dir, gt_dir)
     ending, cases = _reference_cases(gt_dir)
     # Check every prediction exists before the slow part starts.
     missing = [c for c in cases if not (pred_dir / f"{c}{ending}").is_file()]

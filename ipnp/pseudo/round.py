@@ -37,7 +37,7 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from ipnp.data.dataset import Case, PartialDataset, read_label
-from ipnp.data.io import Geometry, read_json, write_image, write_json
+from ipnp.data.io import Geometry, read_json, refuse_output_inside, write_image, write_json
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
 from ipnp.pseudo.prompts import anatomical_axes, box_prompts, largest_component
@@ -241,8 +241,7 @@ def run_round(
         raise IpnpError(f"{round_dir(out, k - 1)}: round {k - 1} is missing; run it first")
     target = round_dir(out, k)
     root = Path(dataset.root).absolute()
-    if root == target.absolute() or root in target.absolute().parents:
-        raise IpnpError(f"{target}: output must not lie inside the input dataset ({root})")
+    refuse_output_inside(target, root)
     case_ids = list(cases or dataset.training_ids)
     if unknown := sorted(set(case_ids) - set(dataset.training_ids)):
         raise IpnpError(f"{dataset.root}: no training case {unknown[0]!r}")
