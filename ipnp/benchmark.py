@@ -136,7 +136,7 @@ def run_benchmark(
         _settle_settings(out, ds.root, seed, config)
         sources = {c.keep: _training_data(ds, out, c, seed) for c in columns}
         for column in columns:
-            _run_column(column, sources[column.keep], out, config)
+            _run_column(column, sources[column.keep], out, replace(config, seed=seed))
             write_outputs(out)
         return write_outputs(out)
 
@@ -223,7 +223,8 @@ def _run_specialist(method: str, dataset: Path, run_dir: Path, config: RunConfig
     timings = Timings(run_dir)
     with timings.stage("train"):
         train_specialist(ds.root, run_dir / SPECIALIST, method, config.profile, epochs=config.epochs,
-                         iterations=config.iterations_per_epoch, device=config.device, resume=True)
+                         iterations=config.iterations_per_epoch, device=config.device, resume=True,
+                         seed=config.seed)
     with timings.stage("predict"):
         predict_tests(ds, run_dir, config)
     with timings.stage("evaluate"):

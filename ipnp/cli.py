@@ -58,7 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     model = train_specialist(
         args.dataset, args.out, args.method, args.profile, labels_dir=args.labels, epochs=args.epochs,
-        iterations=args.iterations, device=args.device, resume=args.resume,
+        iterations=args.iterations, device=args.device, resume=args.resume, seed=args.seed,
     )
     print(f"trained {args.method} specialist: {model}")
     return 0
@@ -120,7 +120,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     overrides = {"profile": args.profile, "epochs": args.epochs, "iterations_per_epoch": args.iterations,
                  "device": args.device, "vls": args.vls, "generalist.name": args.generalist,
-                 "generalist.model_dir": args.model_dir, "generalist.server_url": args.server_url}
+                 "generalist.model_dir": args.model_dir, "generalist.server_url": args.server_url,
+                 "seed": args.seed}
     # Without settings, a resumed run takes its saved config and a new one the defaults.
     explicit = args.config is not None or any(v is not None for v in overrides.values())
     config = load_config(args.config, **overrides) if explicit else None
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="override the profile's iterations per epoch")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training in --out")
+    p.add_argument("--seed", type=int, help="seed of the training's random draws (default: unseeded)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="predict label maps (and probabilities) with a trained specialist")
@@ -264,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--config", type=Path, help="YAML file with the run's settings (see docs/run.md)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--seed", type=int, help="seed of the specialist's training (default: unseeded); overrides the config")
     p.add_argument("--profile", help="tiny, quick (default) or default; overrides the config")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--iterations", type=int, help="override the profile's iterations per epoch")
@@ -287,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="full-labels full-sup partial-sup dodnet ipnp-novls ipnp (default: all that apply)")
     p.add_argument("--profile", help="tiny, quick (default) or default; overrides the config")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated partial labels (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated partial labels and of every method's training (default 0)")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--iterations", type=int, help="override the profile's iterations per epoch")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")

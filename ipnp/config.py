@@ -53,6 +53,7 @@ class RunConfig:
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     refine: RefineSettings = field(default_factory=RefineSettings)
     generalist: GeneralistConfig = field(default_factory=GeneralistConfig)
+    seed: int | None = None  # of the specialist's training (ipnp.specialist.train); None: unseeded
 
     @property
     def total_epochs(self) -> int:
@@ -97,7 +98,7 @@ def _check_type(key: str, value: Any, kind: type) -> Any:
 
 
 _SCALARS = {
-    "profile": str, "epochs": int, "iterations_per_epoch": int, "device": str, "vls": bool,
+    "profile": str, "epochs": int, "iterations_per_epoch": int, "device": str, "vls": bool, "seed": int,
     "rounds.at": list, "rounds.epochs": list, "rounds.gate_from_round": int,
     "refine.padding": int, "refine.tau": float, "refine.delta": int, "refine.largest_component": bool,
     "generalist.name": str, "generalist.model_dir": str, "generalist.server_url": str, "generalist.device": str,
@@ -159,6 +160,8 @@ def _check_ranges(config: RunConfig) -> None:
     for key in ("epochs", "iterations_per_epoch"):
         if getattr(config, key) is not None and getattr(config, key) < 1:
             raise IpnpError(f"{key}: {getattr(config, key)} must be at least 1")
+    if config.seed is not None and config.seed < 0:
+        raise IpnpError(f"seed: {config.seed} must not be negative")
     if config.generalist.name not in GENERALISTS:
         raise IpnpError(f"generalist.name: {config.generalist.name!r} is unknown; choose one of {', '.join(GENERALISTS)}")
     if config.rounds.gate_from_round < 1:

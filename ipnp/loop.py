@@ -195,7 +195,7 @@ def _train_with_rounds(ds: PartialDataset, run_dir: Path, config: RunConfig, tim
             model_dir = train_specialist(
                 ds.root, specialist_dir, method, config.profile, labels_dir=labels, epochs=total,
                 iterations=config.iterations_per_epoch, device=config.device, resume=True,
-                until_epoch=until, init_checkpoint=previous_final,
+                until_epoch=until, init_checkpoint=previous_final, seed=config.seed,
             )
         previous_final = model_dir / "fold_all" / "checkpoint_final.pth"
         k = segment + 1

@@ -38,6 +38,7 @@ def test_file_values_and_overrides_reach_the_config(tmp_path):
         ({"refine": {"tau": 1.5}}, "refine.tau 1.5: must lie in [0, 1]"),
         ({"refine": {"delta": -1}}, "refine.delta -1: must not be negative"),
         ({"epochs": 0}, "epochs: 0 must be at least 1"),
+        ({"seed": -1}, "seed: -1 must not be negative"),
         ({"epochs": "ten"}, "epochs: expected int"),
         ({"vls": "yes"}, "vls: expected bool"),
         ({"profile": "huge"}, "profile: 'huge' is unknown"),

@@ -175,3 +175,19 @@ def test_resume_continues_a_killed_training_from_its_last_epoch(partial, tmp_pat
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["current_epoch"] == 2
     assert len(checkpoint["logging"]["train_losses"]) == 2  # epoch 1 was kept, not redone
+
+
+def test_the_same_seed_trains_the_same_weights(partial, tmp_path):
+    import torch
+
+    def trained(name: str, seed: str) -> dict:
+        run = tmp_path / name
+        assert main(["train", str(partial), "--out", str(run), "--method", "marginal", "--profile", "tiny",
+                     "--epochs", "1", "--iterations", "2", "--device", "cpu", "--seed", seed]) == 0
+        assert json.loads((run / "specialist.json").read_text())["seed"] == int(seed)
+        return torch.load(next(run.rglob("checkpoint_final.pth")), map_location="cpu", weights_only=False)["network_weights"]
+
+    first, again, other = trained("a", "5"), trained("b", "5"), trained("c", "6")
+    assert first.keys() == again.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)  # initialisation, patches and augmentation
+    assert not all(torch.equal(first[k], other[k]) for k in first)

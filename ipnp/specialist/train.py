@@ -52,6 +52,7 @@ def train_specialist(
     resume: bool = False,
     until_epoch: int | None = None,
     init_checkpoint: str | os.PathLike | None = None,
+    seed: int | None = None,
 ) -> Path:
     """Train one specialist into ``run_dir`` and return the nnU-Net model folder.
 
@@ -62,6 +63,10 @@ def train_specialist(
     and ``init_checkpoint`` (the previous segment's final checkpoint, possibly of another method) is where
     it continues from, with its weights, optimizer state and epoch, so the learning rate keeps following
     one schedule over all ``epochs``.
+
+    ``seed`` seeds the weight initialisation, patch sampling and augmentation (Python, NumPy and torch
+    generators), so that two CPU trainings with the same seed are identical; on CUDA, cuDNN's
+    nondeterministic kernels still differ slightly. ``None`` leaves nnU-Net unseeded, as it is by default.
     """
     if method not in METHODS:
         raise IpnpError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
@@ -98,6 +103,7 @@ def train_specialist(
         "labels": str(Path(labels_dir).absolute()) if labels_dir else None,
         "dataset": str(ds.root.absolute()),
         "device": str(torch_device),
+        "seed": seed,
     }
     # Checked before preprocessing, so that resuming a finished run costs nothing.
     if checkpoint_epoch(model_dir / f"fold_{FOLD}" / "checkpoint_final.pth") >= stop:
@@ -124,6 +130,8 @@ def train_specialist(
     trainer.save_every = 1  # a killed run loses at most one epoch
     latest, final = (Path(trainer.output_folder) / f"checkpoint_{n}.pth" for n in ("latest", "final"))
     start = next((c for c in (latest, final) if resume and c.is_file()), init_checkpoint)
+    if seed is not None:
+        seed_generators(seed, checkpoint_epoch(Path(start)) if start is not None else 0)
     # The learning-rate schedule is built here, over all epochs, before the stop epoch is set.
     if start is not None:
         trainer.load_checkpoint(str(start))
@@ -133,6 +141,24 @@ def train_specialist(
     trainer.run_training()
     write_json(record, record_path)
     return model_dir
+
+
+def seed_generators(seed: int, epoch: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators from ``seed`` and the epoch training starts at.
+
+    nnU-Net draws its initial weights, patches and augmentations from these global generators (its data
+    augmentation runs in this process on CPU, ``nnUNet_n_proc_DA=0``). Mixing in the epoch gives each
+    segment of a schedule its own stream instead of replaying the first segment's.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    state = np.random.SeedSequence([seed, epoch]).generate_state(2)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[0]))
+    torch.manual_seed(int(state[1]))
 
 
 def checkpoint_epoch(path: Path) -> int:
