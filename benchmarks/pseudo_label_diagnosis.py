@@ -10,6 +10,11 @@ once from the whole mask (the paper's rule), and prints both pseudo-labels' Dice
 With ``--landing`` it reads round K's labels of every training case (no prediction) and prints, per
 pseudo-labeled organ, which organs of ``labelsTr_full`` its voxels lie on: its precision, and what the
 rest teaches the specialist wrongly.
+
+With ``--reach ORGAN [ORGAN ...]`` it predicts the first cases with the run's specialist (or ``--specialist
+DIR``, e.g. a copy of ``RUN/specialist`` taken while round 1 ran) and prints, per organ, the largest
+probability the specialist gives it and how many voxels reach τ: an organ that never reaches τ cannot keep
+a pseudo-label voxel, whatever the prompts and the generalist do.
 """
 
 from __future__ import annotations
@@ -39,7 +44,13 @@ def main() -> None:
                         help="compare prompts from the largest component with prompts from the whole mask")
     parser.add_argument("--landing", action="store_true",
                         help="per organ, the full-label organs its pseudo-labelled voxels lie on (all cases)")
+    parser.add_argument("--reach", type=int, nargs="+", metavar="ORGAN",
+                        help="per case, the specialist's largest probability for these organs and voxels >= tau")
+    parser.add_argument("--specialist", type=Path, help="with --reach: this specialist folder instead of RUN/specialist")
     args = parser.parse_args()
+    if args.reach:
+        reach(args.run, args.specialist or args.run / SPECIALIST, args.reach, args.cases)
+        return
     if args.landing:
         landing(args.run, args.round or last_round(args.run))
         return
@@ -92,6 +103,25 @@ def compare_components(run: Path, n_cases: int) -> None:
             if (full == organ).any():
                 print(case_id, organ, f"{dice(predicted == organ, full == organ):.2f}",
                       *(f"{o[organ].dice or 0.0:.2f}" for o in outcomes))
+
+
+def reach(run: Path, specialist_dir: Path, organs: list[int], n_cases: int) -> None:
+    from ipnp.config import parse_config
+
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    dataset = PartialDataset(raw.pop("dataset"))
+    tau = parse_config(raw).refine.tau
+    specialist = Specialist(specialist_dir, device="cpu")
+    print(f"case organ unknown_in_case max_probability voxels_at_least_tau({tau}) argmax_voxels reference_voxels")
+    for case_id in dataset.training_ids[:n_cases]:
+        case = dataset.case(case_id)
+        image, geometry = case.load_image()
+        label, _ = case.load_label()
+        predicted, probs = specialist.predict(image, geometry)
+        for organ in organs:
+            p = np.asarray(probs[organ], dtype=np.float32)
+            print(case_id, organ, organ in case.unknown, f"{p.max():.2f}", int((p >= tau).sum()),
+                  int((predicted == organ).sum()), int((label == organ).sum()))
 
 
 def landing(run: Path, k: int) -> None:
