@@ -123,6 +123,6 @@ def test_staged_dir_refuses_to_write_into_its_input(tmp_path):
     with pytest.raises(IpnpError, match="inside"):
         with staged_dir(tmp_path / "in" / "out", inputs=(tmp_path / "in",)):
             pass
-    with pytest.raises(IpnpError, match="must not be the input"):
+    with pytest.raises(IpnpError, match="must not be an input folder"):
         with staged_dir(tmp_path, overwrite=True, inputs=(tmp_path,)):
             pass
