@@ -135,8 +135,9 @@ def run_benchmark(
     with run_lock(out), run_log(out):
         _settle_settings(out, ds.root, seed, config)
         sources = {c.keep: _training_data(ds, out, c, seed) for c in columns}
+        seeded = replace(config, seed=seed)
         for column in columns:
-            _run_column(column, sources[column.keep], out, replace(config, seed=seed))
+            _run_column(column, sources[column.keep], out, seeded)
             write_outputs(out)
         return write_outputs(out)
 

@@ -130,13 +130,15 @@ def train_specialist(
     trainer.save_every = 1  # a killed run loses at most one epoch
     latest, final = (Path(trainer.output_folder) / f"checkpoint_{n}.pth" for n in ("latest", "final"))
     start = next((c for c in (latest, final) if resume and c.is_file()), init_checkpoint)
-    if seed is not None:
-        seed_generators(seed, checkpoint_epoch(Path(start)) if start is not None else 0)
+    if seed is not None and start is None:
+        seed_generators(seed, 0)  # the initial weights are drawn in initialize()
     # The learning-rate schedule is built here, over all epochs, before the stop epoch is set.
     if start is not None:
         trainer.load_checkpoint(str(start))
     else:
         trainer.initialize()
+    if seed is not None:
+        seed_generators(seed, trainer.current_epoch)  # patches and augmentation, from the epoch training starts at
     trainer.num_epochs = stop
     trainer.run_training()
     write_json(record, record_path)
