@@ -130,6 +130,8 @@ def run_benchmark(
     """
     dataset, out = Path(dataset), Path(out)
     columns = plan_columns(keep, methods)
+    if seed < 0:
+        raise IpnpError(f"--seed {seed}: must not be negative")
     config = _effective_config(config or RunConfig(), profile, epochs, iterations, device)
     ds = _check_dataset(dataset, out, simulate=keep is not None)
     with run_lock(out), run_log(out):

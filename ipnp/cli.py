@@ -143,13 +143,21 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from ipnp.config import RunConfig, load_config
 
     config = load_config(args.config) if args.config is not None else None
-    table = run_benchmark(
-        args.dataset, args.out, keep=args.keep, methods=args.methods or default_methods(args.keep is not None),
-        profile=args.profile or (config or RunConfig()).profile, seed=args.seed, epochs=args.epochs,
-        iterations=args.iterations, device=args.device, config=config,
+    settings = dict(
+        keep=args.keep, methods=args.methods or default_methods(args.keep is not None),
+        profile=args.profile or (config or RunConfig()).profile, epochs=args.epochs, iterations=args.iterations,
+        device=args.device, config=config,
     )
-    print(table.read_text(), end="")
-    print(f"wrote {table}, table.csv and results.json")
+    if len(args.seed) == 1:
+        table = run_benchmark(args.dataset, args.out, seed=args.seed[0], **settings)
+        print(table.read_text(), end="")
+        print(f"wrote {table}, table.csv and results.json")
+        return 0
+    from ipnp.benchmark_seeds import run_seeds
+
+    summary = run_seeds(args.dataset, args.out, args.seed, **settings)
+    print(summary.read_text(), end="")
+    print(f"wrote {summary}, seeds.csv, seeds.json, seeds.png and one benchmark per seed in {args.out}/seed<S>/")
     return 0
 
 
@@ -290,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", metavar="METHOD",
                    help="full-labels full-sup partial-sup dodnet ipnp-novls ipnp (default: all that apply)")
     p.add_argument("--profile", help="tiny, quick (default) or default; overrides the config")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated partial labels and of every method's training (default 0)")
+    p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="S",
+                   help="seed of the simulated partial labels and of every method's training (default 0); several "
+                        "seeds run one benchmark each into OUT/seed<S>/ and summarise them in OUT/seeds.md")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--iterations", type=int, help="override the profile's iterations per epoch")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")

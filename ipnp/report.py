@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from matplotlib import style
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -37,6 +38,9 @@ MAX_ROUNDS_SHOWN = 6  # round columns in the training figure, spread from the fi
 TOP_REASONS = 3
 MAX_FIGURE_BYTES = 1_000_000
 _PANEL_INCHES, _DPIS = 2.4, (100, 80, 60)
+# matplotlib's own defaults for every figure: nnU-Net's progress plot calls seaborn.set(font_scale=2.5), which
+# changes the global rcParams of any process that trained, and its figures came out with 2.5x letters.
+default_style = style.context("default")
 
 
 @dataclass
@@ -288,7 +292,7 @@ def organ_colour(organ: int) -> tuple[float, float, float]:
     return tuple(colormaps["tab20"].colors[2 * k if k < 10 else 2 * (k - 10) + 1])
 
 
-def _save(fig: Figure, dest: Path) -> None:
+def save_figure(fig: Figure, dest: Path) -> None:
     """Write a PNG of at most MAX_FIGURE_BYTES where a lower resolution can make it so (noisy CT compresses badly)."""
     for dpi in _DPIS:
         buffer = io.BytesIO()
@@ -300,6 +304,7 @@ def _save(fig: Figure, dest: Path) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
+@default_style
 def _dice_figure(run: _Run, dest: Path) -> None:
     fig = Figure(figsize=(7.5, 4.0), layout="constrained")
     ax = fig.add_subplot()
@@ -313,7 +318,7 @@ def _dice_figure(run: _Run, dest: Path) -> None:
     ax.set(xlabel="round", ylabel="pseudo-label Dice (%)", ylim=(0, 102), title="Pseudo-label Dice against labelsTr_full")
     ax.grid(alpha=0.3)
     fig.legend(loc="outside right upper", fontsize="small")
-    _save(fig, dest)
+    save_figure(fig, dest)
 
 
 @dataclass
@@ -372,6 +377,7 @@ def _pick_slice(volumes: list[np.ndarray], organs: set[int] | None, axis: int) -
     return int(best[len(best) // 2])
 
 
+@default_style
 def _case_figure(rows: list[_CaseRow], titles: list[str], run: _Run, dest: Path) -> None:
     """Rows of cases, columns of image then label maps over the image, coloured per organ, with a legend."""
     lut = np.zeros((256, 4), np.float32)
@@ -400,7 +406,7 @@ def _case_figure(rows: list[_CaseRow], titles: list[str], run: _Run, dest: Path)
     handles = [Patch(color=organ_colour(o), label=f"{o} {run.name(o)}") for o in sorted(present)]
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize="small")
-    _save(fig, dest)
+    save_figure(fig, dest)
 
 
 def _shown_rounds(ks: list[int]) -> list[int]:

@@ -6,15 +6,19 @@ import os
 import shutil
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pytest
 import yaml
 
 from conftest import make_dataset, tree_digest
 from ipnp.benchmark import plan_columns, run_benchmark
+from ipnp.benchmark_seeds import run_seeds, write_seed_summary
+from ipnp.cli import main
 from ipnp.data.io import read_image, write_image
 from ipnp.config import RoundsConfig, RunConfig
 from ipnp.errors import IpnpError
+from ipnp.report import save_figure
 from test_loop import make_partial_phantoms
 from test_pseudo import BoxGeneralist
 
@@ -154,6 +158,7 @@ def test_other_settings_are_refused_in_the_same_folder(bench, phantoms):
         ({"keep": [0.5, 0.0]}, r"--keep 0.0: must lie in \(0, 1\]"),
         ({"keep": [1.5]}, r"--keep 1.5: must lie in \(0, 1\]"),
         ({"keep": None}, "--methods full-labels: needs --keep"),
+        ({"seed": -1}, "--seed -1: must not be negative"),
     ],
 )
 def test_bad_arguments_are_one_line_errors(tmp_path, change, message):
@@ -175,3 +180,81 @@ def test_datasets_it_cannot_benchmark_are_one_line_errors(tmp_path, phantoms):
     with pytest.raises(IpnpError, match="already partially labeled .* leave --keep out"):
         run_benchmark(phantoms / "partial", tmp_path / "out", **{**SETTINGS, "methods": ["ipnp"]})
     assert not (tmp_path / "out").exists()
+
+
+def _second_seed(results: dict, seed: int, scale: dict[str, float]) -> dict:
+    """``results`` as if from another seed whose columns scored ``scale[title]`` times as well."""
+    results = json.loads(json.dumps(results))
+    results["seed"] = seed
+    for run in results["runs"]:
+        factor = scale[run["title"]]
+        run["summary"]["mean_dsc"] *= factor
+        for entry in run["summary"]["organs"].values():
+            entry["dsc"] = None if entry["dsc"] is None else entry["dsc"] * factor
+    return results
+
+
+def test_seed_summary_pairs_columns_seed_by_seed(bench, tmp_path, monkeypatch):
+    first = json.loads((bench / "results.json").read_text())
+    second = _second_seed(first, 9, {"full-labels": 0.5, "full-sup 33%": 1.0, "ipnp 33%": 1.5})
+    for results in (first, second):
+        (tmp_path / f"seed{results['seed']}").mkdir()
+        (tmp_path / f"seed{results['seed']}" / "results.json").write_text(json.dumps(results))
+    figures = []
+    monkeypatch.setattr("ipnp.benchmark_seeds.save_figure", lambda fig, dest: (figures.append(fig), save_figure(fig, dest)))
+    with matplotlib.rc_context({"font.size": 40}):  # as nnU-Net's progress plot leaves a process that trained
+        assert write_seed_summary(tmp_path) == tmp_path / "seeds.md"
+    assert figures[0].axes[0].yaxis.label.get_fontsize() == 10  # matplotlib's default, not the process's
+
+    dsc = {(r["title"], s["seed"]): 100 * r["summary"]["mean_dsc"] for s in (first, second) for r in s["runs"]}
+    with open(tmp_path / "seeds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["title"], int(r["seed"])) for r in rows] == [
+        ("full-labels", 5), ("full-labels", 9), ("full-sup 33%", 5), ("full-sup 33%", 9), ("ipnp 33%", 5), ("ipnp 33%", 9)
+    ]
+    assert [float(r["mean DSC (%)"]) for r in rows] == pytest.approx([dsc[r["title"], int(r["seed"])] for r in rows])
+
+    summary = json.loads((tmp_path / "seeds.json").read_text())
+    ipnp = next(c for c in summary["columns"] if c["title"] == "ipnp 33%")
+    assert ipnp["seeds"] == [5, 9] and ipnp["mean"] == pytest.approx((dsc["ipnp 33%", 5] + dsc["ipnp 33%", 9]) / 2)
+    [pair] = summary["paired_differences"]  # full-labels has no ratio to pair on
+    assert (pair["a"], pair["b"], pair["seeds"]) == ("ipnp 33%", "full-sup 33%", [5, 9])
+    assert pair["difference"] == pytest.approx([dsc["ipnp 33%", s] - dsc["full-sup 33%", s] for s in (5, 9)])
+    assert pair["a_higher"] == sum(d > 0 for d in pair["difference"])
+    ratios = {r["title"]: r["ratio"] for r in summary["full_label_ratios"]}
+    assert ratios["full-sup 33%"] == pytest.approx([dsc["full-sup 33%", s] / dsc["full-labels", s] for s in (5, 9)])
+    assert "full-labels" not in ratios
+
+    organ = next(r for r in summary["table"] if r["organ_id"] == 1)["columns"]["ipnp 33%"]["dsc"]
+    per_seed = [next(r for r in s["runs"] if r["title"] == "ipnp 33%")["summary"]["organs"] for s in (first, second)]
+    assert organ == pytest.approx(50 * sum(next(e["dsc"] for e in o.values() if e["id"] == 1) for o in per_seed))
+    markdown = (tmp_path / "seeds.md").read_text()
+    assert "| ipnp 33% | full-sup 33% | 5 9 |" in markdown and "## Ratio to full-labels" in markdown
+    assert (tmp_path / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    other = _second_seed(first, 11, {"full-labels": 1, "full-sup 33%": 1, "ipnp 33%": 1}) | {"profile": "default"}
+    (tmp_path / "seed11").mkdir()
+    (tmp_path / "seed11" / "results.json").write_text(json.dumps(other))
+    with pytest.raises(IpnpError, match=r"seed11/results.json: a benchmark of .* \(default\), not of .* \(tiny\)"):
+        write_seed_summary(tmp_path)
+
+
+def test_several_seeds_run_one_benchmark_each(phantoms, tmp_path, capsys):
+    out = tmp_path / "seeds"
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(TINY.as_dict()))
+    argv = ["benchmark", str(phantoms / "full"), "--out", str(out), "--keep", "0.67", "--methods", "full-sup",
+            "--profile", "tiny", "--epochs", "2", "--iterations", "1", "--device", "cpu", "--config", str(tiny)]
+    assert main([*argv, "--seed", "5", "6"]) == 0
+    for seed in (5, 6):
+        assert json.loads((out / f"seed{seed}" / "benchmark.json").read_text())["seed"] == seed
+        assert (out / f"seed{seed}" / "runs/full-sup/keep0.67/evaluation/summary.json").is_file()
+    # Each seed simulates its own partial labels.
+    assert (out / "seed5/data/keep0.67/partial_labels.json").read_text() != (
+        out / "seed6/data/keep0.67/partial_labels.json").read_text()
+    assert "| full-sup 67% | 5 6 |" in capsys.readouterr().out
+
+    with pytest.raises(IpnpError, match="a seed is named twice"):
+        run_seeds(phantoms / "full", out, [5, 5])
+    with pytest.raises(IpnpError, match="holds a single-seed benchmark"):
+        run_seeds(phantoms / "full", out / "seed5", [5, 6])
