@@ -130,16 +130,27 @@ class Timings:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        """Time one stage; an OS error in it (a full disk, a permission) becomes one line naming the stage."""
+        """Time one stage; an OS error in it (a full disk, a permission) becomes one line naming the stage.
+
+        A stage that stops (an error, Ctrl-C) counts too: a resumed run keeps its finished epochs and rounds,
+        so that time was spent on the run.
+        """
         start = time.perf_counter()
         try:
             yield
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
-            write_json(self.seconds, self.path)
-        except OSError as exc:
-            where = f" ({exc.filename})" if exc.filename else ""
-            raise IpnpError(f"{self.path.parent}: {name} stopped: {exc.strerror or exc}{where}; the finished stages "
-                            "are kept, resume once this is fixed") from exc
+        except BaseException as exc:
+            with contextlib.suppress(OSError):  # the stage's own error is the one to report
+                self._add(name, time.perf_counter() - start)
+            if isinstance(exc, OSError):
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise IpnpError(f"{self.path.parent}: {name} stopped: {exc.strerror or exc}{where}; the finished "
+                                "stages are kept, resume once this is fixed") from exc
+            raise
+        self._add(name, time.perf_counter() - start)
+
+    def _add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + seconds, 2)
+        write_json(self.seconds, self.path)
 
 
 def run_ipnp(

@@ -14,7 +14,8 @@ from ipnp.data.dataset import read_label
 from ipnp.data.partial import simulate_partial_labels
 from ipnp.data.synth import synthesize_dataset
 from ipnp.config import load_config
-from ipnp.loop import SOURCE_GROUND_TRUTH, SOURCE_PSEUDO, SOURCE_UNKNOWN, run_ipnp, source_map
+from ipnp.errors import IpnpError
+from ipnp.loop import SOURCE_GROUND_TRUTH, SOURCE_PSEUDO, SOURCE_UNKNOWN, Timings, run_ipnp, source_map
 from test_pseudo import BoxGeneralist
 
 TINY_RUN = {
@@ -93,6 +94,19 @@ def test_source_map_rules():
     merged = np.array([0, 1, 2, 0])
     assert source_map(truth, merged, fully_labeled=False).tolist() == [SOURCE_UNKNOWN, SOURCE_GROUND_TRUTH, SOURCE_PSEUDO, SOURCE_UNKNOWN]
     assert source_map(truth, truth, fully_labeled=True).tolist() == [SOURCE_GROUND_TRUTH] * 4
+
+
+def test_timings_add_up_over_resumed_calls_and_count_stopped_stages(tmp_path, monkeypatch):
+    clock = iter([0.0, 2.5, 10.0, 11.0, 20.0, 24.0])
+    monkeypatch.setattr("ipnp.loop.time.perf_counter", lambda: next(clock))
+    with Timings(tmp_path).stage("train 0"):
+        pass
+    with pytest.raises(KeyboardInterrupt), Timings(tmp_path).stage("train 1"):
+        raise KeyboardInterrupt  # its finished epochs are resumed, so its time was the run's
+    with pytest.raises(IpnpError, match=r"train 1 stopped: disk full \(x.pth\); the finished stages are kept"):
+        with Timings(tmp_path).stage("train 1"):
+            raise OSError(28, "disk full", "x.pth")
+    assert json.loads((tmp_path / "timings.json").read_text()) == {"train 0": 2.5, "train 1": 5.0}
 
 
 def test_predictions_evaluation_and_report(finished_run, partial):
