@@ -41,6 +41,8 @@ class GeneralistConfig:
     model_dir: str | None = None  # nninteractive: weights folder (else NNINTERACTIVE_MODEL_DIR)
     server_url: str | None = None  # nninteractive-remote; the API key comes from NN_INTERACTIVE_API_KEY
     device: str | None = None
+    retries: int = 3  # nninteractive-remote: tries again after a failed request, the delay doubling from 0.5 s
+    read_timeout_s: float = 120.0  # nninteractive-remote: the longest wait for one answer of the server
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ _SCALARS = {
     "rounds.at": list, "rounds.epochs": list, "rounds.gate_from_round": int,
     "refine.padding": int, "refine.tau": float, "refine.delta": int, "refine.largest_component": bool,
     "generalist.name": str, "generalist.model_dir": str, "generalist.server_url": str, "generalist.device": str,
+    "generalist.retries": int, "generalist.read_timeout_s": float,
 }
 _SECTIONS = {"rounds": RoundsConfig, "refine": RefineSettings, "generalist": GeneralistConfig}
 
@@ -164,6 +167,10 @@ def _check_ranges(config: RunConfig) -> None:
         raise IpnpError(f"seed: {config.seed} must not be negative")
     if config.generalist.name not in GENERALISTS:
         raise IpnpError(f"generalist.name: {config.generalist.name!r} is unknown; choose one of {', '.join(GENERALISTS)}")
+    if config.generalist.retries < 0:
+        raise IpnpError(f"generalist.retries: {config.generalist.retries} must not be negative")
+    if config.generalist.read_timeout_s <= 0:
+        raise IpnpError(f"generalist.read_timeout_s: {config.generalist.read_timeout_s} must be positive")
     if config.rounds.gate_from_round < 1:
         raise IpnpError(f"rounds.gate_from_round: {config.rounds.gate_from_round} must be at least 1")
     if any(not 0 < f < 1 for f in config.rounds.at or ()):

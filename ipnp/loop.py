@@ -227,7 +227,8 @@ def make_generalist_for(config: RunConfig) -> Generalist:
     from ipnp.generalist.registry import make_generalist
 
     g = config.generalist
-    return make_generalist(g.name, model_dir=g.model_dir, server_url=g.server_url, device=g.device, padding=config.refine.padding)
+    return make_generalist(g.name, model_dir=g.model_dir, server_url=g.server_url, device=g.device,
+                           padding=config.refine.padding, retries=g.retries, read_timeout_s=g.read_timeout_s)
 
 
 def last_round(run_dir: Path) -> int:

@@ -5,6 +5,7 @@ import yaml
 
 from ipnp.config import RoundsConfig, RunConfig, dump_config, load_config, parse_config
 from ipnp.errors import IpnpError
+from ipnp.loop import make_generalist_for
 
 
 def test_default_schedule_keeps_the_papers_fractions_of_training():
@@ -30,6 +31,16 @@ def test_file_values_and_overrides_reach_the_config(tmp_path):
     assert parse_config(yaml.safe_load(dump_config(config))) == config
 
 
+def test_remote_generalist_settings_reach_its_client(monkeypatch):
+    made = []
+    monkeypatch.setattr("ipnp.generalist.nninteractive.NNInteractiveRemoteGeneralist",
+                        lambda url, **options: made.append((url, options)))
+    config = parse_config({"generalist": {"name": "nninteractive-remote", "server_url": "http://gpu:1527",
+                                          "retries": 7, "read_timeout_s": 600}})
+    make_generalist_for(config)
+    assert made == [("http://gpu:1527", {"retries": 7, "read_timeout_s": 600.0})]
+
+
 @pytest.mark.parametrize(
     "raw, message",
     [
@@ -43,6 +54,8 @@ def test_file_values_and_overrides_reach_the_config(tmp_path):
         ({"vls": "yes"}, "vls: expected bool"),
         ({"profile": "huge"}, "profile: 'huge' is unknown"),
         ({"generalist": {"name": "sam"}}, "generalist.name: 'sam' is unknown"),
+        ({"generalist": {"retries": -1}}, "generalist.retries: -1 must not be negative"),
+        ({"generalist": {"read_timeout_s": 0}}, "generalist.read_timeout_s: 0.0 must be positive"),
         ({"rounds": {"at": [0.5, 1.2]}}, "rounds.at: [0.5, 1.2] must be fractions"),
         ({"epochs": 10, "rounds": {"epochs": [4, 3]}}, "must increase strictly"),
         ({"epochs": 10, "rounds": {"epochs": [4, 10]}}, "lie between 1 and 9"),

@@ -15,10 +15,13 @@ def make_generalist(
     server_url: str | None = None,
     device: str | None = None,
     padding: int = 6,
+    retries: int = 3,
+    read_timeout_s: float = 120.0,
 ) -> Generalist:
     """Build the generalist ``name`` with its options; unknown names and missing options are one-line errors.
 
-    ``padding`` is the box padding the prompts were made with.
+    ``padding`` is the box padding the prompts were made with; ``retries`` and ``read_timeout_s`` apply to
+    ``nninteractive-remote``.
     """
     if name == "classical":
         from ipnp.generalist.classical import ClassicalGeneralist
@@ -33,5 +36,6 @@ def make_generalist(
             raise IpnpError("--generalist nninteractive-remote needs --server-url")
         from ipnp.generalist.nninteractive import NNInteractiveRemoteGeneralist
 
-        return NNInteractiveRemoteGeneralist(server_url)  # the API key comes from NN_INTERACTIVE_API_KEY
+        # The API key comes from NN_INTERACTIVE_API_KEY.
+        return NNInteractiveRemoteGeneralist(server_url, retries=retries, read_timeout_s=read_timeout_s)
     raise IpnpError(f"--generalist {name}: unknown; choose one of {', '.join(GENERALISTS)}")
