@@ -15,6 +15,11 @@ With ``--reach ORGAN [ORGAN ...]`` it predicts the first cases with the run's sp
 DIR``, e.g. a copy of ``RUN/specialist`` taken while round 1 ran) and prints, per organ, the largest
 probability the specialist gives it and how many voxels reach τ: an organ that never reaches τ cannot keep
 a pseudo-label voxel, whatever the prompts and the generalist do.
+
+With ``--trace ORGAN`` it follows one organ through every round (no prediction): per case that lacks it,
+each round's status, voxels and Dice, and how far the carried pseudo-label's centre lies from the organ's
+centre in ``labelsTr_full`` (mm). A pseudo-label in the wrong place (Dice 0, centre far off) that later
+rounds grow shows the specialist learning its own mistake.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ def main() -> None:
                         help="per organ, the full-label organs its pseudo-labelled voxels lie on (all cases)")
     parser.add_argument("--reach", type=int, nargs="+", metavar="ORGAN",
                         help="per case, the specialist's largest probability for these organs and voxels >= tau")
+    parser.add_argument("--trace", type=int, metavar="ORGAN",
+                        help="per case lacking ORGAN, its status, voxels, Dice and centre offset (mm) in every round")
     parser.add_argument("--specialist", type=Path, help="with --reach: this specialist folder instead of RUN/specialist")
     args = parser.parse_args()
     if args.reach:
@@ -53,6 +60,9 @@ def main() -> None:
         return
     if args.landing:
         landing(args.run, args.round or last_round(args.run))
+        return
+    if args.trace:
+        trace(args.run, args.trace)
         return
     if args.components:
         compare_components(args.run, args.cases)
@@ -141,6 +151,36 @@ def landing(run: Path, k: int) -> None:
         total = sum(counter.values())
         shares = " ".join(f"{o}:{n / total:.2f}" for o, n in counter.most_common(4))
         print(organ, total, f"{counter[organ] / total:.2f}", shares)
+
+
+def trace(run: Path, organ: int) -> None:
+    dataset = PartialDataset(yaml.safe_load((run / "config.yaml").read_text())["dataset"])
+    rounds = range(1, last_round(run) + 1)
+    status = {k: read_json(round_dir(run, k) / STATUS_FILE)["cases"] for k in rounds}
+    print(f"organ {organ}, per round: status voxels dice centre_offset_mm (of the pseudo-label carried after it)")
+    for case_id in dataset.training_ids:
+        case = dataset.case(case_id)
+        if organ not in case.unknown:
+            continue
+        full, geometry = case.load_full_label()
+        cells = []
+        for k in rounds:
+            entry = status[k].get(case_id, {}).get("organs", {}).get(str(organ), {})
+            merged, _ = read_label(round_dir(run, k) / "labels" / f"{case_id}{dataset.file_ending}")
+            carried = merged == organ
+            cells.append(f"{entry.get('status', '-')[:3]} {int(carried.sum())} "
+                         f"{dice(carried, full == organ):.2f} {_centre_offset(carried, full == organ, geometry.spacing_zyx)}")
+        print(case_id, " | ".join(cells))
+
+
+def _centre_offset(mask: np.ndarray, reference: np.ndarray, spacing_zyx: tuple[float, ...]) -> str:
+    """Distance between the two masks' centres of mass in mm ("-" when either is empty)."""
+    if not mask.any() or not reference.any():
+        return "-"
+    from scipy import ndimage
+
+    offset = np.subtract(ndimage.center_of_mass(mask), ndimage.center_of_mass(reference))
+    return f"{float(np.linalg.norm(offset * np.asarray(spacing_zyx))):.0f}"
 
 
 if __name__ == "__main__":
