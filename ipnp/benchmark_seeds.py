@@ -213,8 +213,9 @@ def _seed_figure(scores: list[SeedScore], dest: Path) -> None:
     ax = fig.add_subplot()
     for x, found in enumerate(columns.values()):
         ax.hlines(statistics.fmean(s.dsc for s in found), x - 0.3, x + 0.3, colors="black")
-        for s in found:
-            ax.scatter(x, s.dsc, color=f"C{seeds.index(s.seed) % 10}", s=18, zorder=3)
+        for s in found:  # side by side, so that two seeds with one score stay visible
+            i = seeds.index(s.seed)
+            ax.scatter(x + 0.08 * (i - (len(seeds) - 1) / 2), s.dsc, color=f"C{i % 10}", s=18, zorder=3)
     for i, seed in enumerate(seeds):
         ax.scatter([], [], color=f"C{i % 10}", s=18, label=f"seed {seed}")
     ax.set_xticks(range(len(columns)), list(columns), rotation=30, ha="right")
