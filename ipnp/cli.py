@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=float, nargs="+", metavar="RATIO",
                    help="label ratios to simulate, e.g. 0.67 0.33; leave out for a partially labeled dataset")
     p.add_argument("--methods", nargs="+", metavar="METHOD",
-                   help="full-labels full-sup partial-sup dodnet ipnp-novls ipnp (default: all that apply)")
+                   help="full-labels full-sup partial-sup dodnet marginal ipnp-novls ipnp (default: all that apply)")
     p.add_argument("--profile", help="tiny, quick (default) or default; overrides the config")
     p.add_argument("--seed", type=int, nargs="+", default=[0], metavar="S",
                    help="seed of the simulated partial labels and of every method's training (default 0); several "

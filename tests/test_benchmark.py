@@ -65,8 +65,9 @@ def summary(out: Path, title: str) -> dict:
 
 
 def test_columns_follow_table_1_order():
-    titles = [c.title for c in plan_columns([0.33, 0.67, 0.330], ["ipnp", "dodnet", "full-labels", "full-sup"])]
-    assert titles == ["full-labels", "full-sup 67%", "full-sup 33%", "dodnet 67%", "dodnet 33%", "ipnp 67%", "ipnp 33%"]
+    titles = [c.title for c in plan_columns([0.33, 0.67, 0.330], ["ipnp", "marginal", "dodnet", "full-labels", "full-sup"])]
+    assert titles == ["full-labels", "full-sup 67%", "full-sup 33%", "dodnet 67%", "dodnet 33%", "marginal 67%",
+                      "marginal 33%", "ipnp 67%", "ipnp 33%"]
     assert [c.title for c in plan_columns(None, ["partial-sup", "ipnp-novls"])] == ["partial-sup", "ipnp-novls"]
 
 
