@@ -236,14 +236,19 @@ def _run_specialist(method: str, dataset: Path, run_dir: Path, config: RunConfig
         evaluate_tests(ds, run_dir)
 
 
+def table_order(column: Column) -> tuple[int, float]:
+    """Sort key of Table 1's columns: full labels, then each method with its ratios from high to low."""
+    return METHODS.index(column.method), -(column.keep if column.keep is not None else 2.0)
+
+
 def finished_columns(out: Path) -> list[Column]:
-    """Every finished run under ``out/runs``, in table order (ratios high to low within a method)."""
+    """Every finished run under ``out/runs``, in table order."""
     columns = []
     for method in METHODS:
         folder = out / "runs" / method
         found = [Column.from_tag(method, p.name) for p in folder.iterdir()] if folder.is_dir() else []
-        columns += sorted((c for c in found if c is not None and c.finished(out)), key=lambda c: -(c.keep or 2.0))
-    return columns
+        columns += [c for c in found if c is not None and c.finished(out)]
+    return sorted(columns, key=table_order)
 
 
 def write_outputs(out: Path) -> Path:

@@ -23,7 +23,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from ipnp.benchmark import FULL_LABELS, METHODS, RESULTS_JSON, SETTINGS_FILE, run_benchmark
+from ipnp.benchmark import FULL_LABELS, RESULTS_JSON, SETTINGS_FILE, Column, run_benchmark, table_order
 from ipnp.data.io import atomic_path, read_json, write_csv, write_json
 from ipnp.errors import IpnpError
 from ipnp.evaluation.table import build_table
@@ -81,12 +81,7 @@ def read_seed_scores(out: Path) -> list[SeedScore]:
             raise IpnpError(f"{path}: a benchmark of {these[0]} ({these[1]}), not of {settings[0]} ({settings[1]})")
         settings = these
         scores += [SeedScore(r["title"], r["method"], r["keep"], results["seed"], r["summary"]) for r in results["runs"]]
-    return sorted(scores, key=lambda s: (_column_order(s), s.seed))
-
-
-def _column_order(score: SeedScore) -> tuple[int, float]:
-    """Table 1's order: full labels, then each method with its ratios from high to low."""
-    return METHODS.index(score.method), -(score.keep if score.keep is not None else 2.0)
+    return sorted(scores, key=lambda s: (table_order(Column(s.method, s.keep)), s.seed))
 
 
 def _by_title(scores: list[SeedScore]) -> dict[str, list[SeedScore]]:
