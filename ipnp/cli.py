@@ -88,10 +88,11 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
     dataset = require_valid(args.dataset)
     specialist = Specialist(args.model, device=args.device)
+    checks = {} if args.position_check is None else {"position_check": args.position_check}
     with _generalist(args) as generalist:
         folder = run_round(dataset, specialist, generalist, args.out, args.round,
                            RefineSettings(padding=args.padding, tau=args.tau, delta=args.delta,
-                                          largest_component=not args.all_components),
+                                          largest_component=not args.all_components, **checks),
                            gate_active=args.entropy_gate, cases=args.cases)
     print(f"wrote round {args.round} to {folder}")
     return 0
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=int, default=3, help="ROI dilation in voxels (default 3)")
     p.add_argument("--all-components", action="store_true",
                    help="prompt from the whole predicted mask (the paper's rule) instead of its largest component")
+    p.add_argument("--position-check", action=argparse.BooleanOptionalAction,
+                   help="refuse pseudo-labels placed farther from where the case's true labels expect the organ "
+                        "than the labelled cases vary (ipnp's addition; default: refine.position_check's default)")
     _add_generalist_options(p)
     p.set_defaults(func=_cmd_pseudo_label)
 

@@ -28,12 +28,16 @@ class RefineSettings:
     component of the specialist's mask, as nnU-Net's own postprocessing would keep it. A box is meant to
     frame one object; a false-positive speck far from the organ stretches it over other anatomy, and the
     generalist then segments the wrong thing (docs/pseudo_labels.md).
+
+    ``position_check`` (ipnp's addition): refuse a pseudo-label whose centre lies farther from where the
+    case's true labels place the organ than the labelled cases vary (:mod:`ipnp.pseudo.placement`).
     """
 
     padding: int = 6
     tau: float = 0.4
     delta: int = 3
     largest_component: bool = True
+    position_check: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:

@@ -2,12 +2,13 @@
 
 For every training case with unknown organs: the specialist predicts labels and probabilities; each
 unknown organ's predicted mask becomes two box prompts; the generalist answers with a candidate; the
-candidate is refined (τ, ROI, and — once the entropy gate is active — accepted only if its mean entropy
-fell). True labels are never changed: pseudo-labels fill only voxels that are 0 in the ground truth, only
-for organs unlabeled in that case, and where two pseudo-labels overlap the higher specialist probability
-wins. A pseudo-label once accepted is carried into later rounds until a better one replaces it.
-Probabilities are read only over each organ's ROI, and pseudo-labels are kept as masks over regions, so a
-round's memory is dominated by the specialist's prediction, not by the number of organs.
+candidate is refined (τ, ROI, optionally the position check of :mod:`ipnp.pseudo.placement`, and — once
+the entropy gate is active — accepted only if its mean entropy fell). True labels are never changed:
+pseudo-labels fill only voxels that are 0 in the ground truth, only for organs unlabeled in that case, and
+where two pseudo-labels overlap the higher specialist probability wins. A pseudo-label once accepted is
+carried into later rounds until a better one replaces it. Probabilities are read only over each organ's
+ROI, and pseudo-labels are kept as masks over regions, so a round's memory is dominated by the
+specialist's prediction, not by the number of organs.
 
 Store, per round ``k``::
 
@@ -40,6 +41,7 @@ from ipnp.data.dataset import Case, PartialDataset, read_label
 from ipnp.data.io import Geometry, read_json, refuse_output_inside, write_image, write_json
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
+from ipnp.pseudo.placement import PlacementPrior, placement
 from ipnp.pseudo.prompts import anatomical_axes, box_prompts, largest_component
 from ipnp.pseudo.refine import PseudoLabel, RefineSettings, refine
 
@@ -61,6 +63,8 @@ class OrganOutcome:
     dice: float | None = None  # against labelsTr_full, when a simulation has it
     pseudo_label: bool = False  # whether the merged labels carry a pseudo-label for this organ after the round
     reference_entropy: float | None = None  # mean entropy of the pseudo-label carried, for the next gate
+    offset_mm: float | None = None  # centre's distance from where the labelled cases place the organ, if checked
+    tolerance_mm: float | None = None  # the distance the position check allows for this organ
 
 
 @dataclass
@@ -109,11 +113,13 @@ def pseudo_label_case(
     previous: dict[int, PseudoLabel],
     full_label: np.ndarray | None = None,
     result: CaseResult | None = None,
+    prior: PlacementPrior | None = None,
 ) -> tuple[np.ndarray, CaseResult]:
     """Pseudo-label one case's unknown organs; return the merged label map and what happened per organ.
 
     ``probs`` is indexed like a (classes, z, y, x) array (only ROIs are read); ``previous`` maps an organ
-    to its last accepted pseudo-label.
+    to its last accepted pseudo-label; ``prior``, if given, refuses pseudo-labels placed too far from
+    where the case's true labels expect the organ.
     """
     result = result or CaseResult()
     axes = anatomical_axes(geometry.direction)
@@ -125,11 +131,14 @@ def pseudo_label_case(
         image_error = _failure("generalist failed on the image", exc)
     result.seconds["generalist"] += time.perf_counter() - start
 
+    def offset(organ: int, label: PseudoLabel) -> tuple[float, float] | None:
+        return prior.offset(case.case_id, organ, placement(label.mask, geometry, label.region)) if prior else None
+
     free = ground_truth == 0
     pseudo: dict[int, PseudoLabel] = {}
     for organ in sorted(case.unknown):
         outcome, label = _one_organ(organ, free, predicted, probs, generalist, settings, axes, gate_active,
-                                    previous.get(organ), result, image_error)
+                                    previous.get(organ), result, image_error, offset)
         if label is not None:
             pseudo[organ] = label
             if full_label is not None:
@@ -163,17 +172,21 @@ def _one_organ(
     previous: PseudoLabel | None,
     result: CaseResult,
     image_error: str | None = None,
+    offset=None,
 ) -> tuple[OrganOutcome, PseudoLabel | None]:
     """One organ's outcome and the pseudo-label it leaves (new, carried over, or None); ``image_error``
-    rejects it because the generalist could not take the case's image."""
+    rejects it because the generalist could not take the case's image; ``offset(organ, label)`` gives a
+    label's (distance, tolerance) from its expected place, or None where that is not checked."""
+    where: tuple[float, float] | tuple[None, None] = (None, None)
 
     def keep_previous(status: str, reason: str, h: float | None = None) -> tuple[OrganOutcome, PseudoLabel | None]:
         if previous is None:
-            return OrganOutcome(status, reason, mean_entropy=h), None
+            return OrganOutcome(status, reason, mean_entropy=h, offset_mm=where[0], tolerance_mm=where[1]), None
         reason += "; previous pseudo-label kept"
         # The overlap rule weighs it with this round's probabilities.
         carried = replace(previous, probability=probs[(organ, *previous.region)][previous.mask])
-        return OrganOutcome(status, reason, previous.voxels, h, pseudo_label=True, reference_entropy=previous.entropy), carried
+        return OrganOutcome(status, reason, previous.voxels, h, pseudo_label=True, reference_entropy=previous.entropy,
+                            offset_mm=where[0], tolerance_mm=where[1]), carried
 
     if image_error:
         return keep_previous(REJECTED, image_error)
@@ -195,9 +208,15 @@ def _one_organ(
     h = label.entropy
     if not label.voxels:
         return keep_previous(REJECTED, "empty after refinement (tau, ROI)")
+    if offset is not None and (checked := offset(organ, label)) is not None:
+        where = checked
+        if where[0] > where[1]:
+            return keep_previous(REJECTED, f"centre {where[0]:.0f} mm from where this case's labelled organs place it "
+                                           f"(tolerance {where[1]:.0f} mm)", h)
     if gate_active and previous is not None and not h < previous.entropy:
         return keep_previous(REJECTED, f"mean entropy {h:.4f} did not fall below {previous.entropy:.4f}", h)
-    return OrganOutcome(ACCEPTED, "", label.voxels, h, pseudo_label=True, reference_entropy=h), label
+    return OrganOutcome(ACCEPTED, "", label.voxels, h, pseudo_label=True, reference_entropy=h,
+                        offset_mm=where[0], tolerance_mm=where[1]), label
 
 
 def load_previous(out: str | os.PathLike, k: int, case_id: str, file_ending: str) -> dict[int, PseudoLabel]:
@@ -251,6 +270,7 @@ def run_round(
     if target.exists():
         return _completed(target, work, identity, case_ids)
     _open_work(work, identity)
+    prior = PlacementPrior.from_dataset(dataset) if settings.position_check else None
     store, done = work / "store", work / "done"
     resumed = 0
     # One BLAS thread: the classical generalist's random walker makes thousands of small vector products,
@@ -261,7 +281,7 @@ def run_round(
                 resumed += 1
                 continue
             entry = _round_case(dataset.case(case_id), dataset.file_ending, specialist, generalist, settings,
-                                gate_active, out, k, store / "labels")
+                                gate_active, out, k, store / "labels", prior)
             write_json(entry, done / f"{case_id}.json")
     if resumed:
         log.info("round %d resumed: %d of %d cases were already finished", k, resumed, len(case_ids))
@@ -279,7 +299,8 @@ def run_round(
 
 
 def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist, settings: RefineSettings,
-                gate_active: bool, out: str | os.PathLike, k: int, labels_dir: Path) -> dict:
+                gate_active: bool, out: str | os.PathLike, k: int, labels_dir: Path,
+                prior: PlacementPrior | None = None) -> dict:
     """Pseudo-label one case, write its merged labels into ``labels_dir``, and return its status entry."""
     result = CaseResult()
     start = time.perf_counter()
@@ -293,7 +314,8 @@ def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist
         predicted, probs = specialist.predict(image, geometry)
         result.seconds["predict"] += time.perf_counter() - start
         merged, result = pseudo_label_case(case, image, geometry, ground_truth, predicted, probs, generalist, settings,
-                                           gate_active=gate_active, previous=previous, full_label=full, result=result)
+                                           gate_active=gate_active, previous=previous, full_label=full, result=result,
+                                           prior=prior)
     else:
         merged = ground_truth
     start = time.perf_counter()
