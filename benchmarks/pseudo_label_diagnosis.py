@@ -36,6 +36,7 @@ from ipnp.data.dataset import read_label
 from ipnp.data.io import read_json
 from ipnp.evaluation.metrics import dice
 from ipnp.loop import SPECIALIST, last_round
+from ipnp.pseudo.placement import placement
 from ipnp.pseudo.round import STATUS_FILE, round_dir
 from ipnp.specialist.predict import Specialist
 
@@ -169,18 +170,14 @@ def trace(run: Path, organ: int) -> None:
             merged, _ = read_label(round_dir(run, k) / "labels" / f"{case_id}{dataset.file_ending}")
             carried = merged == organ
             cells.append(f"{entry.get('status', '-')[:3]} {int(carried.sum())} "
-                         f"{dice(carried, full == organ):.2f} {_centre_offset(carried, full == organ, geometry.spacing_zyx)}")
+                         f"{dice(carried, full == organ):.2f} {_centre_offset(carried, full == organ, geometry)}")
         print(case_id, " | ".join(cells))
 
 
-def _centre_offset(mask: np.ndarray, reference: np.ndarray, spacing_zyx: tuple[float, ...]) -> str:
-    """Distance between the two masks' centres of mass in mm ("-" when either is empty)."""
-    if not mask.any() or not reference.any():
-        return "-"
-    from scipy import ndimage
-
-    offset = np.subtract(ndimage.center_of_mass(mask), ndimage.center_of_mass(reference))
-    return f"{float(np.linalg.norm(offset * np.asarray(spacing_zyx))):.0f}"
+def _centre_offset(mask: np.ndarray, reference: np.ndarray, geometry) -> str:
+    """Distance between the two masks' centres in mm ("-" when either is empty)."""
+    found, truth = placement(mask, geometry), placement(reference, geometry)
+    return "-" if found is None or truth is None else f"{float(np.linalg.norm(found.centre - truth.centre)):.0f}"
 
 
 if __name__ == "__main__":
