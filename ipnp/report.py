@@ -71,8 +71,8 @@ def summarize_round(k: int, status: dict) -> RoundSummary:
         seconds += sum(entry.get("seconds", {}).values())
         for organ, outcome in entry["organs"].items():
             if outcome["status"] != ACCEPTED:
-                # Numbers (entropies) differ in every reason; without them equal reasons count together.
-                reasons[outcome["status"], re.sub(r"\d+\.\d+", "…", outcome["reason"])] += 1
+                # Numbers (entropies, distances) differ in every reason; without them equal reasons count together.
+                reasons[outcome["status"], re.sub(r"\d+(?:\.\d+)?", "…", outcome["reason"])] += 1
             if outcome["pseudo_label"]:
                 carried += 1
                 if outcome["dice"] is not None:
