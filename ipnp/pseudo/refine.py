@@ -29,15 +29,17 @@ class RefineSettings:
     frame one object; a false-positive speck far from the organ stretches it over other anatomy, and the
     generalist then segments the wrong thing (docs/pseudo_labels.md).
 
-    ``position_check`` (ipnp's addition): refuse a pseudo-label whose centre lies farther from where the
-    case's true labels place the organ than the labelled cases vary (:mod:`ipnp.pseudo.placement`).
+    ``position_check`` (ipnp's addition, on by default): refuse a pseudo-label whose centre lies farther
+    from where the case's true labels place the organ than the labelled cases vary
+    (:mod:`ipnp.pseudo.placement`). Without it, a specialist's confident mistake about where an organ is
+    becomes a pseudo-label, is learned, and is then protected by the entropy gate (BENCHMARKS.md).
     """
 
     padding: int = 6
     tau: float = 0.4
     delta: int = 3
     largest_component: bool = True
-    position_check: bool = False
+    position_check: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:
