@@ -67,11 +67,14 @@ class RunConfig:
         if self.rounds.epochs is not None:
             epochs = list(self.rounds.epochs)
         else:
-            # Rounded, and nudged apart so that a short schedule keeps every round after its own epoch.
+            # Rounded, and nudged apart so that a short schedule keeps every round after its own epoch: up
+            # from the first, then down from the last so that the last round still leaves an epoch after it.
             epochs = []
             fractions = self.rounds.at if self.rounds.at is not None else get_profile(self.profile).round_fractions
             for fraction in fractions:
                 epochs.append(max(round(fraction * total), epochs[-1] + 1 if epochs else 1))
+            for i in reversed(range(len(epochs))):
+                epochs[i] = min(epochs[i], (epochs[i + 1] if i + 1 < len(epochs) else total) - 1)
         if epochs and (epochs[-1] >= total or epochs != sorted(set(epochs)) or epochs[0] < 1):
             raise IpnpError(
                 f"rounds: epochs {epochs} must increase strictly and lie between 1 and {total - 1} "

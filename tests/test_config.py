@@ -16,6 +16,11 @@ def test_default_schedule_keeps_the_papers_fractions_of_training():
     assert RunConfig(profile="quick").round_epochs() == [12, 14, 16]
     # A schedule too short for distinct rounds is nudged apart, never merged.
     assert RunConfig(profile="tiny", epochs=8).round_epochs() == [1, 2, 3, 4]
+    # ... and back from the end, so that the last round leaves an epoch to train on its pseudo-labels.
+    assert RunConfig(profile="quick", epochs=5).round_epochs() == [2, 3, 4]
+    assert RunConfig(profile="quick", epochs=4).round_epochs() == [1, 2, 3]
+    with pytest.raises(IpnpError, match="must increase strictly"):
+        RunConfig(profile="quick", epochs=3).round_epochs()
     assert RunConfig(profile="tiny", epochs=8, rounds=RoundsConfig(at=())).round_epochs() == []
 
 
