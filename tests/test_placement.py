@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import make_dataset
+from ipnp.data import PartialDataset
 from ipnp.data.io import Geometry
+from ipnp.data.partial import simulate_partial_labels
 from ipnp.pseudo.placement import Placement, PlacementPrior, label_placements, placement
 from ipnp.pseudo.refine import PseudoLabel, RefineSettings
 from ipnp.pseudo.round import ACCEPTED, REJECTED, pseudo_label_case, run_round
-from conftest import make_dataset
-from ipnp.data import PartialDataset
-from ipnp.data.partial import simulate_partial_labels
 from test_pseudo import BoxGeneralist, StandInSpecialist
 
 

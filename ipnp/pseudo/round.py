@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -172,12 +173,12 @@ def _one_organ(
     previous: PseudoLabel | None,
     result: CaseResult,
     image_error: str | None = None,
-    offset=None,
+    offset: Callable[[int, PseudoLabel], tuple[float, float] | None] | None = None,
 ) -> tuple[OrganOutcome, PseudoLabel | None]:
     """One organ's outcome and the pseudo-label it leaves (new, carried over, or None); ``image_error``
     rejects it because the generalist could not take the case's image; ``offset(organ, label)`` gives a
     label's (distance, tolerance) from its expected place, or None where that is not checked."""
-    where: tuple[float, float] | tuple[None, None] = (None, None)
+    where: tuple[float, float] | tuple[None, None] = (None, None)  # set once checked; keep_previous reports it
 
     def keep_previous(status: str, reason: str, h: float | None = None) -> tuple[OrganOutcome, PseudoLabel | None]:
         if previous is None:
