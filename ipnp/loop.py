@@ -174,7 +174,7 @@ def run_ipnp(
             _check_generalist(config)
         if new:  # saved only now, so that a run refused above can start again with other settings
             _save_config(run_dir, ds.root, config)
-        log.info("IPnP on %s into %s (%s)", ds.root, run_dir, "resumed" if resume else "new run")
+        log.info("IPnP on %s into %s (%s)", ds.root, run_dir, "new run" if new else "resumed")
         timings = Timings(run_dir)
         _train_with_rounds(ds, run_dir, config, timings, generalist)
         with timings.stage("export"):

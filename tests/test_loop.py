@@ -126,6 +126,8 @@ def test_a_finished_run_is_not_redone_and_is_not_overwritten(finished_run, parti
     assert "already holds a run; pass --resume" in capsys.readouterr().err
     assert main(["run", str(partial), "--out", str(finished_run), "--resume"]) == 0
     assert "round 2:" in capsys.readouterr().out  # the one-screen summary
+    starts = [line for line in (finished_run / "run.log").read_text().splitlines() if "IPnP on" in line]
+    assert starts[0].endswith("(new run)") and starts[-1].endswith("(resumed)")
     assert tree_digest(finished_run / "completed") == before
     assert main(["run", str(partial), "--out", str(finished_run), "--resume", "--epochs", "5"]) == 2
     assert "differ from the run's saved config.yaml" in capsys.readouterr().err
