@@ -7,7 +7,7 @@ the summary is rewritten from every seed folder's ``results.json``::
 
     OUT/seeds.md    per column: the mean DSC of each seed, their mean and standard deviation; paired
                     differences between the methods of one ratio; ratios to full-labels; Table 1 of the
-                    per-organ means over seeds
+                    per-organ means over seeds; each organ's mean ± sd over seeds
     OUT/seeds.csv   one row per column and seed: mean DSC (%) and mean HD95 (mm)
     OUT/seeds.json  the same records, the paired differences and the averaged Table 1
     OUT/seeds.png   each column's seeds as points beside their mean
@@ -146,12 +146,16 @@ def mean_summary(found: list[SeedScore]) -> dict:
         values = [e[key] for e in entries if e[key] is not None]
         return statistics.fmean(values) if values else None
 
+    def sd(entries: list[dict]) -> float | None:
+        values = [e["dsc"] for e in entries if e["dsc"] is not None]
+        return statistics.stdev(values) if len(values) > 1 else None
+
     return {
         "cases": found[0].summary.get("cases"),
         "mean_dsc": statistics.fmean(s.summary["mean_dsc"] for s in found),
         "mean_hd95": mean([s.summary for s in found], "mean_hd95"),
         "organs": {
-            name: {"id": entries[0]["id"], "dsc": mean(entries, "dsc"), "hd95": mean(entries, "hd95"),
+            name: {"id": entries[0]["id"], "dsc": mean(entries, "dsc"), "dsc_sd": sd(entries), "hd95": mean(entries, "hd95"),
                    "n": max(e["n"] for e in entries)}
             for name, entries in organs.items()
         },
@@ -165,15 +169,18 @@ def write_seed_summary(out: str | os.PathLike) -> Path:
     if not scores:
         raise IpnpError(f"{out}: no finished run in any {SEED_PREFIX}<S>/ folder")
     stats, pairs, ratios = column_stats(scores), paired_differences(scores), full_label_ratios(scores)
-    table = build_table([(title, mean_summary(found)) for title, found in _by_title(scores).items()])
+    means = [(title, mean_summary(found)) for title, found in _by_title(scores).items()]
+    table = build_table(means)
+    spread = organ_spread(means)
     write_csv(["title", "method", "keep", "seed", "mean DSC (%)", "mean HD95 (mm)"],
               [[s.title, s.method, "" if s.keep is None else s.keep, s.seed, s.dsc, s.summary["mean_hd95"]]
                for s in scores], out / SEEDS_CSV)
     write_json({"columns": stats, "paired_differences": pairs, "full_label_ratios": ratios,
-                "table": table.records()}, out / SEEDS_JSON)
+                "table": table.records(), "organ_spread": spread}, out / SEEDS_JSON)
     _seed_figure(scores, out / SEEDS_PNG)
     with atomic_path(out / SEEDS_MD) as tmp:
-        tmp.write_text(_markdown(out, stats, pairs, ratios) + "\n## Per organ, mean over seeds\n\n" + table.markdown())
+        tmp.write_text(_markdown(out, stats, pairs, ratios) + "\n## Per organ, mean over seeds\n\n" + table.markdown()
+                       + _spread_markdown(spread, [title for title, _ in means]))
     return out / SEEDS_MD
 
 
@@ -191,6 +198,36 @@ def _markdown(out: Path, stats: list[dict], pairs: list[dict], ratios: list[dict
     if ratios:
         lines += ["\n## Ratio to full-labels (the same seed's)\n", "| column | per seed | mean |", "| :--- | :--- | ---: |"]
         lines += [f"| {r['title']} | {' / '.join(f'{v:.3f}' for v in r['ratio'])} | {r['mean']:.3f} |" for r in ratios]
+    return "\n".join(lines) + "\n"
+
+
+def organ_spread(means: list[tuple[str, dict]]) -> list[dict]:
+    """Per organ (by id), each column's DSC (%) mean and sample sd over seeds, from :func:`mean_summary` s.
+
+    One seed moves a small organ by tens of DSC at the ``quick`` budget, so a per-organ difference between
+    two methods means little without its spread.
+    """
+    rows: dict[int, dict] = {}
+    for title, summary in means:
+        for name, entry in summary["organs"].items():
+            row = rows.setdefault(entry["id"], {"organ_id": entry["id"], "organ": name, "columns": {}})
+            row["columns"][title] = {
+                "mean": None if entry["dsc"] is None else 100.0 * entry["dsc"],
+                "sd": None if entry["dsc_sd"] is None else 100.0 * entry["dsc_sd"],
+            }
+    return [rows[i] for i in sorted(rows)]
+
+
+def _spread_markdown(spread: list[dict], titles: list[str]) -> str:
+    def cell(value: dict | None) -> str:
+        if value is None or value["mean"] is None:
+            return "–"
+        return f"{value['mean']:.1f}" + ("" if value["sd"] is None else f" ± {value['sd']:.1f}")
+
+    lines = ["\n## Per organ DSC (%), mean ± sd over seeds\n", "| id | organ | " + " | ".join(titles) + " |",
+             "| ---: | :--- | " + " | ".join("---:" for _ in titles) + " |"]
+    lines += [f"| {r['organ_id']} | {r['organ']} | " + " | ".join(cell(r["columns"].get(t)) for t in titles) + " |"
+              for r in spread]
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import statistics
 from pathlib import Path
 
 import matplotlib
@@ -229,8 +230,13 @@ def test_seed_summary_pairs_columns_seed_by_seed(bench, tmp_path, monkeypatch):
     organ = next(r for r in summary["table"] if r["organ_id"] == 1)["columns"]["ipnp 33%"]["dsc"]
     per_seed = [next(r for r in s["runs"] if r["title"] == "ipnp 33%")["summary"]["organs"] for s in (first, second)]
     assert organ == pytest.approx(50 * sum(next(e["dsc"] for e in o.values() if e["id"] == 1) for o in per_seed))
+    seeds_dsc = [100 * next(e["dsc"] for e in o.values() if e["id"] == 1) for o in per_seed]
+    spread = next(r for r in summary["organ_spread"] if r["organ_id"] == 1)["columns"]["ipnp 33%"]
+    assert spread["mean"] == pytest.approx(organ) and spread["sd"] == pytest.approx(statistics.stdev(seeds_dsc))
+    assert spread["sd"] > 0  # the second seed scored 1.5 times as well
     markdown = (tmp_path / "seeds.md").read_text()
     assert "| ipnp 33% | full-sup 33% | 5 9 |" in markdown and "## Ratio to full-labels" in markdown
+    assert f"{spread['mean']:.1f} ± {spread['sd']:.1f}" in markdown.split("mean ± sd over seeds")[1]
     assert (tmp_path / "seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     other = _second_seed(first, 11, {"full-labels": 1, "full-sup 33%": 1, "ipnp 33%": 1}) | {"profile": "default"}
