@@ -89,6 +89,8 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     dataset = require_valid(args.dataset)
     specialist = Specialist(args.model, device=args.device)
     checks = {} if args.position_check is None else {"position_check": args.position_check}
+    if args.max_entropy is not None:
+        checks["max_entropy"] = args.max_entropy
     with _generalist(args) as generalist:
         folder = run_round(dataset, specialist, generalist, args.out, args.round,
                            RefineSettings(padding=args.padding, tau=args.tau, delta=args.delta,
@@ -261,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--position-check", action=argparse.BooleanOptionalAction,
                    help="refuse pseudo-labels placed farther from where the case's true labels expect the organ "
                         "than the labelled cases vary (ipnp's addition; default: refine.position_check's default)")
+    p.add_argument("--max-entropy", type=float,
+                   help="refuse pseudo-labels whose mean entropy (nats) exceeds this ceiling (ipnp's addition; "
+                        "default: none)")
     _add_generalist_options(p)
     p.set_defaults(func=_cmd_pseudo_label)
 

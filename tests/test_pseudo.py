@@ -239,6 +239,32 @@ def test_entropy_gate_accepts_only_a_more_certain_pseudo_label(simulated, tmp_pa
     assert all(entry["status"] == ACCEPTED for entry in organs.values())
 
 
+def test_entropy_ceiling_refuses_unsure_pseudo_labels_in_every_round(simulated, tmp_path):
+    from scipy.special import entr
+
+    case_id = _one_case(simulated)
+    out = tmp_path / "run"
+    classes = StandInSpecialist(simulated).classes
+
+    def voxel_entropy(confidence: float) -> float:
+        return float(entr(confidence) + (classes - 1) * entr((1 - confidence) / (classes - 1)))
+
+    settings = RefineSettings(max_entropy=(voxel_entropy(0.6) + voxel_entropy(0.95)) / 2)
+
+    def organs_after(k: int, confidence: float) -> dict:
+        run_round(simulated, StandInSpecialist(simulated, confidence), BoxGeneralist(), out, k, settings, cases=[case_id])
+        return json.loads((out / f"rounds/{k}/pseudo_status.json").read_text())["cases"][case_id]["organs"]
+
+    first = organs_after(1, 0.6)  # unsure, and nothing to fall back on: the organs stay unknown
+    assert first and all(e["status"] == REJECTED and "above the ceiling" in e["reason"] and not e["pseudo_label"]
+                         for e in first.values())
+    assert all(e["status"] == ACCEPTED for e in organs_after(2, 0.95).values())
+    third = organs_after(3, 0.6)  # the gate is off, the ceiling still holds; round 2's labels are kept
+    assert all(e["status"] == REJECTED and e["pseudo_label"] and "previous pseudo-label kept" in e["reason"]
+               for e in third.values())
+    assert all(e["mean_entropy"] == pytest.approx(voxel_entropy(0.6), rel=1e-3) for e in third.values())
+
+
 def test_largest_component_keeps_the_biggest_object_only():
     mask = np.zeros((20, 20, 20), bool)
     mask[2:8, 2:8, 2:8] = True  # 216 voxels
@@ -344,7 +370,8 @@ def test_a_round_needs_its_predecessor_and_appears_only_when_complete(simulated,
         run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(), simulated.root / "run", 1)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"tau": 1.5}, "tau"), ({"padding": -1}, "padding"), ({"delta": -2}, "delta")])
+@pytest.mark.parametrize("kwargs, message", [({"tau": 1.5}, "tau"), ({"padding": -1}, "padding"), ({"delta": -2}, "delta"),
+                                            ({"max_entropy": 0.0}, "max_entropy")])
 def test_settings_out_of_range_are_refused(kwargs, message):
     from ipnp.errors import IpnpError
 

@@ -214,6 +214,8 @@ def _one_organ(
         if where[0] > where[1]:
             return keep_previous(REJECTED, f"centre {where[0]:.0f} mm from where this case's labelled organs place it "
                                            f"(tolerance {where[1]:.0f} mm)", h)
+    if settings.max_entropy is not None and h > settings.max_entropy:
+        return keep_previous(REJECTED, f"mean entropy {h:.4f} above the ceiling {settings.max_entropy:g}", h)
     if gate_active and previous is not None and not h < previous.entropy:
         return keep_previous(REJECTED, f"mean entropy {h:.4f} did not fall below {previous.entropy:.4f}", h)
     return OrganOutcome(ACCEPTED, "", label.voxels, h, pseudo_label=True, reference_entropy=h,
