@@ -43,7 +43,7 @@ from ipnp.data.io import atomic_path, copy_file, ensure_dir, refuse_output_insid
 from ipnp.data.validate import require_valid
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
-from ipnp.pseudo.round import PSEUDO_MANIFEST, STATUS_FILE, round_dir, run_round
+from ipnp.pseudo.round import PSEUDO_MANIFEST, STATUS_FILE, accepted_dice_pairs, round_dir, run_round
 
 log = logging.getLogger(__name__)
 
@@ -308,7 +308,9 @@ def summarize(run_dir: str | os.PathLike) -> dict:
     for k in range(1, last_round(run_dir) + 1):
         status = read_json(round_dir(run_dir, k) / STATUS_FILE)
         dice = [o["dice"] for c in status["cases"].values() for o in c["organs"].values() if o["pseudo_label"] and o["dice"] is not None]
-        rounds.append({"round": k, **status["counts"], "pseudo_label_dice": float(np.mean(dice)) if dice else None})
+        pairs = accepted_dice_pairs(status)
+        rounds.append({"round": k, **status["counts"], "pseudo_label_dice": float(np.mean(dice)) if dice else None,
+                       "accepted_dice": [float(np.mean(d)) for d in zip(*pairs)] if pairs else None})
     evaluation = run_dir / EVALUATION / "summary.json"
     scores = read_json(evaluation) if evaluation.is_file() else None
     timings = run_dir / TIMINGS_FILE
@@ -326,6 +328,8 @@ def summary_text(summary: dict) -> str:
     lines = [f"IPnP run {summary['run_dir']}"]
     for r in summary["rounds"]:
         dice = "" if r["pseudo_label_dice"] is None else f", pseudo-label Dice {r['pseudo_label_dice']:.3f}"
+        if r["accepted_dice"]:
+            dice += " (accepted: {:.3f}; the specialist's own masks of them {:.3f})".format(*r["accepted_dice"])
         lines.append(f"  round {r['round']}: {r['accepted']} accepted, {r['rejected']} rejected, {r['skipped']} skipped{dice}")
     if summary["mean_dsc"] is not None:
         hd = "n/a" if summary["mean_hd95"] is None else f"{summary['mean_hd95']:.2f} mm"

@@ -29,7 +29,7 @@ from ipnp.data.io import Geometry, atomic_path, ensure_dir, read_image, read_jso
 from ipnp.errors import IpnpError
 from ipnp.evaluation.table import build_table
 from ipnp.pseudo.prompts import AnatomicalAxes, anatomical_axes
-from ipnp.pseudo.round import ACCEPTED, REJECTED, SKIPPED, STATUS_FILE
+from ipnp.pseudo.round import ACCEPTED, REJECTED, SKIPPED, STATUS_FILE, accepted_dice_pairs
 
 REPORT, FIGURES, CONFIG = "report.md", "figures", "config.yaml"
 DICE_FIGURE, TRAINING_FIGURE, TEST_FIGURE = "pseudo_label_dice.png", "training_cases.png", "test_cases.png"
@@ -55,6 +55,11 @@ class RoundSummary:
     organ_dice: dict[int, list[float]]
     reasons: Counter  # (status, reason with numbers elided) of rejected and skipped organs
     seconds: float
+    accepted: list[tuple[float, float]]  # Dice (%) of each label accepted this round, and of the specialist's mask
+
+    @property
+    def accepted_means(self) -> tuple[float, float] | None:
+        return tuple(float(np.mean(d)) for d in zip(*self.accepted)) if self.accepted else None
 
     @property
     def mean_dice(self) -> float | None:
@@ -78,8 +83,9 @@ def summarize_round(k: int, status: dict) -> RoundSummary:
                 if outcome["dice"] is not None:
                     dice.append(100.0 * outcome["dice"])
                     organ_dice.setdefault(int(organ), []).append(100.0 * outcome["dice"])
+    accepted = [(100.0 * a, 100.0 * b) for a, b in accepted_dice_pairs(status)]
     return RoundSummary(k, bool(status.get("entropy_gate")), status["counts"], carried, dice,
-                        dict(sorted(organ_dice.items())), reasons, seconds)
+                        dict(sorted(organ_dice.items())), reasons, seconds, accepted)
 
 
 @dataclass
@@ -234,14 +240,19 @@ def _rounds(run: _Run, figures: Path, written: set[str]) -> list[str]:
     if not run.rounds:
         return lines + ["No pseudo-labeling round has finished yet (no `rounds/<k>/pseudo_status.json`).", ""]
     lines += [
-        "| round | after epoch | entropy gate | accepted | rejected | skipped | pseudo-labels carried | mean Dice (%) | time (s) |",
-        "|---:|---:|:---|---:|---:|---:|---:|---:|---:|",
+        "| round | after epoch | entropy gate | accepted | rejected | skipped | pseudo-labels carried | mean Dice (%) "
+        "| accepted: pseudo-label / specialist Dice (%) | time (s) |",
+        "|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in run.rounds:
         epoch = "–" if run.epoch(r.k) is None else run.epoch(r.k)
+        pair = "–" if r.accepted_means is None else " / ".join(map(_num, r.accepted_means))
         lines.append(f"| {r.k} | {epoch} | {'on' if r.gate else 'off'} | {r.counts[ACCEPTED]} | {r.counts[REJECTED]} | "
-                     f"{r.counts[SKIPPED]} | {r.carried} | {_num(r.mean_dice)} | {r.seconds:.1f} |")
-    lines += ["", "Dice: pseudo-labels carried after the round against `labelsTr_full/`, mean over (case, organ) pairs.", ""]
+                     f"{r.counts[SKIPPED]} | {r.carried} | {_num(r.mean_dice)} | {pair} | {r.seconds:.1f} |")
+    lines += ["", "Dice: pseudo-labels carried after the round against `labelsTr_full/`, mean over (case, organ) pairs. "
+              "Accepted: the labels this round accepted, and the specialist's own masks of the same organs (its argmax "
+              "on voxels free in the ground truth), both against `labelsTr_full/`: the first above the second is what "
+              "the generalist and the refinement added.", ""]
     lines += _organ_dice(run) + _reasons(run)
     if any(r.dice for r in run.rounds):
         _dice_figure(run, figures / DICE_FIGURE)

@@ -173,6 +173,31 @@ def test_round_fills_only_unknown_organs_on_background(simulated, tmp_path):
     assert set(status["cases"][case_id]["seconds"]) == {"predict", "generalist", "refine", "io"}
 
 
+def test_round_records_the_dice_of_the_specialists_own_masks(simulated, tmp_path):
+    from ipnp.loop import summarize
+
+    case_id = _one_case(simulated)
+    case = simulated.case(case_id)
+    full, _ = case.load_full_label()
+    specialist = StandInSpecialist(simulated)
+    organ = max(case.unknown, key=lambda o: int((full == o).sum()))
+    truth = full == organ
+    # The specialist misses the organ's upper half of slices.
+    z = np.nonzero(truth.any(axis=(1, 2)))[0]
+    missed = truth & (np.arange(full.shape[0]) < z[len(z) // 2])[:, None, None]
+    specialist.full[case_id] = np.where(missed, 0, full)
+    run_round(simulated, specialist, BoxGeneralist(), tmp_path / "run", 1, cases=[case_id])
+    organs = json.loads((tmp_path / "run/rounds/1/pseudo_status.json").read_text())["cases"][case_id]["organs"]
+    found = truth & ~missed
+    expected = 2 * found.sum() / (found.sum() + truth.sum())
+    assert 0 < expected < 0.95 and organs[str(organ)]["specialist_dice"] == pytest.approx(expected)
+    others = [e for o, e in organs.items() if int(o) != organ]
+    assert all(e["specialist_dice"] == pytest.approx(1.0) for e in others)
+    [first] = summarize(tmp_path / "run")["rounds"]
+    dice = [e["dice"] for e in organs.values()]
+    assert first["accepted_dice"] == pytest.approx([np.mean(dice), np.mean([e["specialist_dice"] for e in organs.values()])])
+
+
 def test_a_failing_or_garbage_generalist_rejects_only_that_organ(simulated, tmp_path):
     case_id = _one_case(simulated)
     unknown = sorted(simulated.case(case_id).unknown)

@@ -153,6 +153,8 @@ def test_report_rounds_match_the_status_files(run):
         cells = _row(rounds, f"{k} | {CONFIG['rounds']['epochs'][k - 1]}")
         assert cells[2] == ("on" if k > 1 else "off")
         assert cells[3:8] == [*map(str, counts), str(len(carried)), f"{dice:.2f}"]
+        accepted = [(100 * o["dice"], 100 * o["specialist_dice"]) for o in outcomes if o["status"] == "accepted"]
+        assert cells[8] == (" / ".join(f"{np.mean(d):.2f}" for d in zip(*accepted)) if accepted else "–")
         organ_cells = {}
         for o_id in {int(o) for case in status["cases"].values() for o, v in case["organs"].items() if v["pseudo_label"]}:
             values = [100 * case["organs"][str(o_id)]["dice"] for case in status["cases"].values()

@@ -44,7 +44,7 @@ from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
 from ipnp.pseudo.placement import PlacementPrior, placement
 from ipnp.pseudo.prompts import anatomical_axes, box_prompts, largest_component
-from ipnp.pseudo.refine import PseudoLabel, RefineSettings, refine
+from ipnp.pseudo.refine import PseudoLabel, RefineSettings, Region, refine
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,9 @@ class OrganOutcome:
     voxels: int = 0
     mean_entropy: float | None = None
     dice: float | None = None  # against labelsTr_full, when a simulation has it
+    # The specialist's own mask of the organ (its argmax, on voxels free in the ground truth) against
+    # labelsTr_full: what the pseudo-label would be without the generalist, so the two Dice show its gain.
+    specialist_dice: float | None = None
     pseudo_label: bool = False  # whether the merged labels carry a pseudo-label for this organ after the round
     reference_entropy: float | None = None  # mean entropy of the pseudo-label carried, for the next gate
     offset_mm: float | None = None  # centre's distance from where the labelled cases place the organ, if checked
@@ -78,9 +81,24 @@ def round_dir(out: str | os.PathLike, k: int) -> Path:
     return Path(out) / "rounds" / str(k)
 
 
-def _dice(label: PseudoLabel, reference: np.ndarray) -> float:
-    total = label.voxels + int(reference.sum())
-    return 1.0 if total == 0 else 2.0 * int((label.mask & reference[label.region]).sum()) / total
+def _dice(mask: np.ndarray, reference: np.ndarray, region: Region | None = None) -> float:
+    """Dice of ``mask``, lying at ``region`` of the volume (None: the whole volume), against ``reference``."""
+    total = int(mask.sum()) + int(reference.sum())
+    inside = reference if region is None else reference[region]
+    return 1.0 if total == 0 else 2.0 * int((mask & inside).sum()) / total
+
+
+def accepted_dice_pairs(status: dict) -> list[tuple[float, float]]:
+    """(pseudo-label Dice, the specialist's own mask's Dice) of each organ a round accepted, where both are known.
+
+    Their difference is what the generalist and the refinement added over the specialist's argmax. Rounds
+    stored before ``specialist_dice`` existed give none.
+    """
+    return [
+        (o["dice"], o["specialist_dice"])
+        for c in status["cases"].values() for o in c["organs"].values()
+        if o["status"] == ACCEPTED and o["dice"] is not None and o.get("specialist_dice") is not None
+    ]
 
 
 def _as_mask(candidate: object, shape: tuple[int, ...]) -> np.ndarray:
@@ -140,10 +158,13 @@ def pseudo_label_case(
     for organ in sorted(case.unknown):
         outcome, label = _one_organ(organ, free, predicted, probs, generalist, settings, axes, gate_active,
                                     previous.get(organ), result, image_error, offset)
+        if full_label is not None:
+            truth = full_label == organ
+            outcome.specialist_dice = _dice((predicted == organ) & free, truth)
+            if label is not None:
+                outcome.dice = _dice(label.mask, truth, label.region)
         if label is not None:
             pseudo[organ] = label
-            if full_label is not None:
-                outcome.dice = _dice(label, full_label == organ)
         result.organs[organ] = outcome
 
     start = time.perf_counter()
