@@ -142,12 +142,15 @@ def mean_summary(found: list[SeedScore]) -> dict:
         for name, entry in score.summary["organs"].items():
             organs.setdefault(name, []).append(entry)
 
+    def known(entries: list[dict], key: str) -> list[float]:
+        return [e[key] for e in entries if e[key] is not None]
+
     def mean(entries: list[dict], key: str) -> float | None:
-        values = [e[key] for e in entries if e[key] is not None]
+        values = known(entries, key)
         return statistics.fmean(values) if values else None
 
     def sd(entries: list[dict]) -> float | None:
-        values = [e["dsc"] for e in entries if e["dsc"] is not None]
+        values = known(entries, "dsc")
         return statistics.stdev(values) if len(values) > 1 else None
 
     return {

@@ -43,7 +43,7 @@ from ipnp.data.io import atomic_path, copy_file, ensure_dir, refuse_output_insid
 from ipnp.data.validate import require_valid
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
-from ipnp.pseudo.round import PSEUDO_MANIFEST, STATUS_FILE, accepted_dice_pairs, round_dir, run_round
+from ipnp.pseudo.round import PSEUDO_MANIFEST, STATUS_FILE, accepted_dice, round_dir, run_round
 
 log = logging.getLogger(__name__)
 
@@ -308,9 +308,8 @@ def summarize(run_dir: str | os.PathLike) -> dict:
     for k in range(1, last_round(run_dir) + 1):
         status = read_json(round_dir(run_dir, k) / STATUS_FILE)
         dice = [o["dice"] for c in status["cases"].values() for o in c["organs"].values() if o["pseudo_label"] and o["dice"] is not None]
-        pairs = accepted_dice_pairs(status)
         rounds.append({"round": k, **status["counts"], "pseudo_label_dice": float(np.mean(dice)) if dice else None,
-                       "accepted_dice": [float(np.mean(d)) for d in zip(*pairs)] if pairs else None})
+                       "accepted_dice": list(means) if (means := accepted_dice(status)) else None})
     evaluation = run_dir / EVALUATION / "summary.json"
     scores = read_json(evaluation) if evaluation.is_file() else None
     timings = run_dir / TIMINGS_FILE

@@ -29,7 +29,7 @@ from ipnp.data.io import Geometry, atomic_path, ensure_dir, read_image, read_jso
 from ipnp.errors import IpnpError
 from ipnp.evaluation.table import build_table
 from ipnp.pseudo.prompts import AnatomicalAxes, anatomical_axes
-from ipnp.pseudo.round import ACCEPTED, REJECTED, SKIPPED, STATUS_FILE, accepted_dice_pairs
+from ipnp.pseudo.round import ACCEPTED, REJECTED, SKIPPED, STATUS_FILE, accepted_dice
 
 REPORT, FIGURES, CONFIG = "report.md", "figures", "config.yaml"
 DICE_FIGURE, TRAINING_FIGURE, TEST_FIGURE = "pseudo_label_dice.png", "training_cases.png", "test_cases.png"
@@ -55,11 +55,7 @@ class RoundSummary:
     organ_dice: dict[int, list[float]]
     reasons: Counter  # (status, reason with numbers elided) of rejected and skipped organs
     seconds: float
-    accepted: list[tuple[float, float]]  # Dice (%) of each label accepted this round, and of the specialist's mask
-
-    @property
-    def accepted_means(self) -> tuple[float, float] | None:
-        return tuple(float(np.mean(d)) for d in zip(*self.accepted)) if self.accepted else None
+    accepted: tuple[float, float] | None  # mean Dice (%) of the labels accepted this round, and of the specialist's masks
 
     @property
     def mean_dice(self) -> float | None:
@@ -83,7 +79,8 @@ def summarize_round(k: int, status: dict) -> RoundSummary:
                 if outcome["dice"] is not None:
                     dice.append(100.0 * outcome["dice"])
                     organ_dice.setdefault(int(organ), []).append(100.0 * outcome["dice"])
-    accepted = [(100.0 * a, 100.0 * b) for a, b in accepted_dice_pairs(status)]
+    means = accepted_dice(status)
+    accepted = None if means is None else (100.0 * means[0], 100.0 * means[1])
     return RoundSummary(k, bool(status.get("entropy_gate")), status["counts"], carried, dice,
                         dict(sorted(organ_dice.items())), reasons, seconds, accepted)
 
@@ -246,7 +243,7 @@ def _rounds(run: _Run, figures: Path, written: set[str]) -> list[str]:
     ]
     for r in run.rounds:
         epoch = "–" if run.epoch(r.k) is None else run.epoch(r.k)
-        pair = "–" if r.accepted_means is None else " / ".join(map(_num, r.accepted_means))
+        pair = "–" if r.accepted is None else " / ".join(map(_num, r.accepted))
         lines.append(f"| {r.k} | {epoch} | {'on' if r.gate else 'off'} | {r.counts[ACCEPTED]} | {r.counts[REJECTED]} | "
                      f"{r.counts[SKIPPED]} | {r.carried} | {_num(r.mean_dice)} | {pair} | {r.seconds:.1f} |")
     lines += ["", "Dice: pseudo-labels carried after the round against `labelsTr_full/`, mean over (case, organ) pairs. "

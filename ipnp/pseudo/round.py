@@ -88,17 +88,18 @@ def _dice(mask: np.ndarray, reference: np.ndarray, region: Region | None = None)
     return 1.0 if total == 0 else 2.0 * int((mask & inside).sum()) / total
 
 
-def accepted_dice_pairs(status: dict) -> list[tuple[float, float]]:
-    """(pseudo-label Dice, the specialist's own mask's Dice) of each organ a round accepted, where both are known.
+def accepted_dice(status: dict) -> tuple[float, float] | None:
+    """Mean Dice of the pseudo-labels a round accepted, and of the specialist's own masks of the same organs.
 
-    Their difference is what the generalist and the refinement added over the specialist's argmax. Rounds
-    stored before ``specialist_dice`` existed give none.
+    Their difference is what the generalist and the refinement added over the specialist's argmax. None
+    without such organs, e.g. in rounds stored before ``specialist_dice`` existed.
     """
-    return [
+    pairs = [
         (o["dice"], o["specialist_dice"])
         for c in status["cases"].values() for o in c["organs"].values()
         if o["status"] == ACCEPTED and o["dice"] is not None and o.get("specialist_dice") is not None
     ]
+    return tuple(float(np.mean(d)) for d in zip(*pairs)) if pairs else None
 
 
 def _as_mask(candidate: object, shape: tuple[int, ...]) -> np.ndarray:
