@@ -91,6 +91,8 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     checks = {} if args.position_check is None else {"position_check": args.position_check}
     if args.max_entropy is not None:
         checks["max_entropy"] = args.max_entropy
+    if args.trust_cases is not None:
+        checks["trust_cases"] = args.trust_cases
     with _generalist(args) as generalist:
         folder = run_round(dataset, specialist, generalist, args.out, args.round,
                            RefineSettings(padding=args.padding, tau=args.tau, delta=args.delta,
@@ -266,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-entropy", type=float,
                    help="refuse pseudo-labels whose mean entropy (nats) exceeds this ceiling (ipnp's addition; "
                         "default: none)")
+    p.add_argument("--trust-cases", type=int,
+                   help="test the generalist on up to N labelled cases per organ and pseudo-label only the organs "
+                        "where it beats the specialist's own masks (ipnp's addition; default: 0, no test)")
     _add_generalist_options(p)
     p.set_defaults(func=_cmd_pseudo_label)
 

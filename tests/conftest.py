@@ -80,3 +80,14 @@ def tree_digest(root: Path) -> dict[str, str]:
 @pytest.fixture
 def dataset(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "ds")
+
+
+@pytest.fixture
+def simulated(tmp_path):
+    """A partial dataset with complete labels beside it, as `ipnp partial` writes it."""
+    from ipnp.data import PartialDataset
+    from ipnp.data.partial import simulate_partial_labels
+
+    src = make_dataset(tmp_path / "full", n_train=6, n_test=0, shape=(12, 16, 18), seed=3)
+    simulate_partial_labels(src, tmp_path / "partial", keep=0.34, seed=0)
+    return PartialDataset(tmp_path / "partial")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import make_dataset, tree_digest
+from conftest import tree_digest
 from ipnp.data import PartialDataset
 from ipnp.generalist.base import Generalist
 from ipnp.pseudo.prompts import AnatomicalAxes, anatomical_axes, box_prompts, largest_component, median_slice
@@ -132,16 +132,6 @@ class BoxGeneralist(Generalist):
         if organ_hint in self.garbage:
             return np.ones((2, 2, 2))
         return prompts.roi_mask(self.shape, dilation=0)
-
-
-@pytest.fixture
-def simulated(tmp_path):
-    """A partial dataset with complete labels beside it, as `ipnp partial` writes it."""
-    from ipnp.data.partial import simulate_partial_labels
-
-    src = make_dataset(tmp_path / "full", n_train=6, n_test=0, shape=(12, 16, 18), seed=3)
-    simulate_partial_labels(src, tmp_path / "partial", keep=0.34, seed=0)
-    return PartialDataset(tmp_path / "partial")
 
 
 def _one_case(ds):

@@ -39,6 +39,10 @@ class RefineSettings:
     one, so the first label of an organ is taken however unsure the specialist is; an organ left without
     one stays unknown, which the marginal loss handles. 0.4 nats is the entropy of a voxel 86 % sure of
     one class and 14 % of another.
+
+    ``trust_cases`` (ipnp's addition, 0 = off by default): before each round, test the generalist on up to this
+    many labelled training cases per organ, and pseudo-label only the organs on which its refined masks
+    score at least the specialist's own Dice (:mod:`ipnp.pseudo.trust`).
     """
 
     padding: int = 6
@@ -47,13 +51,14 @@ class RefineSettings:
     largest_component: bool = True
     position_check: bool = True
     max_entropy: float | None = None
+    trust_cases: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:
             raise IpnpError(f"tau {self.tau}: must lie in [0, 1]")
         if self.max_entropy is not None and not self.max_entropy > 0:
             raise IpnpError(f"max_entropy {self.max_entropy}: must be positive (or null for no ceiling)")
-        for name in ("padding", "delta"):
+        for name in ("padding", "delta", "trust_cases"):
             if getattr(self, name) < 0:
                 raise IpnpError(f"{name} {getattr(self, name)}: must not be negative")
 

@@ -6,7 +6,8 @@ candidate is refined (τ, ROI, optionally the position check of :mod:`ipnp.pseud
 the entropy gate is active — accepted only if its mean entropy fell). True labels are never changed:
 pseudo-labels fill only voxels that are 0 in the ground truth, only for organs unlabeled in that case, and
 where two pseudo-labels overlap the higher specialist probability wins. A pseudo-label once accepted is
-carried into later rounds until a better one replaces it. Probabilities are read only over each organ's
+carried into later rounds until a better one replaces it. With ``trust_cases`` set, a trust test on
+labelled cases first decides on which organs the generalist may pseudo-label (:mod:`ipnp.pseudo.trust`). Probabilities are read only over each organ's
 ROI, and pseudo-labels are kept as masks over regions, so a round's memory is dominated by the
 specialist's prediction, not by the number of organs.
 
@@ -14,11 +15,12 @@ Store, per round ``k``::
 
     rounds/<k>/labels/<case>.nii.gz        ground truth merged with the pseudo-labels
     rounds/<k>/labels/pseudo_labels.json   {case: [organ ids carrying a pseudo-label]} (for ipnp train --labels)
-    rounds/<k>/pseudo_status.json          per case and organ: status, reason, voxels, entropy, Dice, timing
+    rounds/<k>/pseudo_status.json          per case and organ: status, reason, voxels, entropy, Dice, timing;
+                                           the trust test per organ, if made
 
 ``rounds/<k>`` appears only when the round is complete. Until then the round lives in
 ``rounds/.<k>.ipnp-incomplete/``: ``round.json`` (what the round is: settings, specialist, generalist),
-``store/`` (the future ``rounds/<k>``) and ``done/<case>.json`` (a finished case's status, written after
+``store/`` (the future ``rounds/<k>``), ``trust/<case>.json`` (a tested case's trust samples) and ``done/<case>.json`` (a finished case's status, written after
 its label file). Every file is written atomically, so a round killed at any moment and run again with the
 same settings redoes only the cases without a ``done`` record; with other settings it starts over.
 """
@@ -42,13 +44,15 @@ from ipnp.data.dataset import Case, PartialDataset, read_label
 from ipnp.data.io import Geometry, read_json, refuse_output_inside, write_image, write_json
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
+from ipnp.pseudo.candidate import REJECTED, SKIPPED, NoCandidate, dice, failure, refined_candidate
 from ipnp.pseudo.placement import PlacementPrior, placement
-from ipnp.pseudo.prompts import anatomical_axes, box_prompts, largest_component
-from ipnp.pseudo.refine import PseudoLabel, RefineSettings, Region, refine
+from ipnp.pseudo.prompts import anatomical_axes
+from ipnp.pseudo.refine import PseudoLabel, RefineSettings
+from ipnp.pseudo.trust import OrganTrust, case_samples, organ_trust, trust_plan
 
 log = logging.getLogger(__name__)
 
-ACCEPTED, REJECTED, SKIPPED = "accepted", "rejected", "skipped"
+ACCEPTED = "accepted"
 STATUS_FILE = "pseudo_status.json"
 PSEUDO_MANIFEST = "pseudo_labels.json"
 
@@ -81,13 +85,6 @@ def round_dir(out: str | os.PathLike, k: int) -> Path:
     return Path(out) / "rounds" / str(k)
 
 
-def _dice(mask: np.ndarray, reference: np.ndarray, region: Region | None = None) -> float:
-    """Dice of ``mask``, lying at ``region`` of the volume (None: the whole volume), against ``reference``."""
-    total = int(mask.sum()) + int(reference.sum())
-    inside = reference if region is None else reference[region]
-    return 1.0 if total == 0 else 2.0 * int((mask & inside).sum()) / total
-
-
 def accepted_dice(status: dict) -> tuple[float, float] | None:
     """Mean Dice of the pseudo-labels a round accepted, and of the specialist's own masks of the same organs.
 
@@ -100,23 +97,6 @@ def accepted_dice(status: dict) -> tuple[float, float] | None:
         if o["status"] == ACCEPTED and o["dice"] is not None and o.get("specialist_dice") is not None
     ]
     return tuple(float(np.mean(d)) for d in zip(*pairs)) if pairs else None
-
-
-def _as_mask(candidate: object, shape: tuple[int, ...]) -> np.ndarray:
-    """The generalist's answer as a bool mask, or ValueError if it is not one."""
-    array = np.asarray(candidate)
-    if array.shape != shape:
-        raise ValueError(f"generalist returned shape {array.shape}, expected {shape}")
-    if array.dtype != bool:
-        if not np.isin(array, (0, 1)).all():
-            raise ValueError("generalist returned values other than 0 and 1")
-        array = array.astype(bool)
-    return array
-
-
-def _failure(what: str, exc: Exception) -> str:
-    """A one-line rejection reason for a generalist's exception."""
-    return f"{what}: {type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def pseudo_label_case(
@@ -134,13 +114,16 @@ def pseudo_label_case(
     full_label: np.ndarray | None = None,
     result: CaseResult | None = None,
     prior: PlacementPrior | None = None,
+    untrusted: dict[int, str] | None = None,
 ) -> tuple[np.ndarray, CaseResult]:
     """Pseudo-label one case's unknown organs; return the merged label map and what happened per organ.
 
     ``probs`` is indexed like a (classes, z, y, x) array (only ROIs are read); ``previous`` maps an organ
     to its last accepted pseudo-label; ``prior``, if given, refuses pseudo-labels placed too far from
-    where the case's true labels expect the organ.
+    where the case's true labels expect the organ; ``untrusted`` maps organs not to pseudo-label this
+    round to the reason (:mod:`ipnp.pseudo.trust`).
     """
+    untrusted = untrusted or {}
     result = result or CaseResult()
     axes = anatomical_axes(geometry.direction)
     start = time.perf_counter()
@@ -148,7 +131,7 @@ def pseudo_label_case(
         generalist.set_image(image[0], geometry.spacing_zyx)
         image_error = None
     except Exception as exc:  # noqa: BLE001 - one case's failure must not end the round
-        image_error = _failure("generalist failed on the image", exc)
+        image_error = failure("generalist failed on the image", exc)
     result.seconds["generalist"] += time.perf_counter() - start
 
     def offset(organ: int, label: PseudoLabel) -> tuple[float, float] | None:
@@ -158,12 +141,12 @@ def pseudo_label_case(
     pseudo: dict[int, PseudoLabel] = {}
     for organ in sorted(case.unknown):
         outcome, label = _one_organ(organ, free, predicted, probs, generalist, settings, axes, gate_active,
-                                    previous.get(organ), result, image_error, offset)
+                                    previous.get(organ), result, image_error or untrusted.get(organ), offset)
         if full_label is not None:
             truth = full_label == organ
-            outcome.specialist_dice = _dice((predicted == organ) & free, truth)
+            outcome.specialist_dice = dice((predicted == organ) & free, truth)
             if label is not None:
-                outcome.dice = _dice(label.mask, truth, label.region)
+                outcome.dice = dice(label.mask, truth, label.region)
         if label is not None:
             pseudo[organ] = label
         result.organs[organ] = outcome
@@ -194,11 +177,11 @@ def _one_organ(
     gate_active: bool,
     previous: PseudoLabel | None,
     result: CaseResult,
-    image_error: str | None = None,
+    refusal: str | None = None,
     offset: Callable[[int, PseudoLabel], tuple[float, float] | None] | None = None,
 ) -> tuple[OrganOutcome, PseudoLabel | None]:
-    """One organ's outcome and the pseudo-label it leaves (new, carried over, or None); ``image_error``
-    rejects it because the generalist could not take the case's image; ``offset(organ, label)`` gives a
+    """One organ's outcome and the pseudo-label it leaves (new, carried over, or None); a ``refusal`` (the
+    generalist could not take the case's image, or is not trusted on this organ) rejects it; ``offset(organ, label)`` gives a
     label's (distance, tolerance) from its expected place, or None where that is not checked."""
     where: tuple[float, float] | tuple[None, None] = (None, None)  # set once checked; keep_previous reports it
 
@@ -211,23 +194,11 @@ def _one_organ(
         return OrganOutcome(status, reason, previous.voxels, h, pseudo_label=True, reference_entropy=previous.entropy,
                             offset_mm=where[0], tolerance_mm=where[1]), carried
 
-    if image_error:
-        return keep_previous(REJECTED, image_error)
-    mask = predicted == organ
-    prompts = box_prompts(largest_component(mask) if settings.largest_component else mask, settings.padding, axes)
-    if prompts is None:
-        return keep_previous(SKIPPED, "the specialist predicts no voxel of this organ")
-    start = time.perf_counter()
-    try:
-        candidate = _as_mask(generalist.segment(prompts), free.shape)
-    except Exception as exc:  # noqa: BLE001 - one organ's failure must not end the round
-        return keep_previous(REJECTED, _failure("generalist failed", exc))
-    finally:
-        result.seconds["generalist"] += time.perf_counter() - start
-
-    start = time.perf_counter()
-    label = refine(candidate, probs, organ, prompts, settings, allowed=free)
-    result.seconds["refine"] += time.perf_counter() - start
+    if refusal:
+        return keep_previous(REJECTED, refusal)
+    label = refined_candidate(organ, predicted, probs, generalist, settings, axes, free, result.seconds)
+    if isinstance(label, NoCandidate):
+        return keep_previous(label.status, label.reason)
     h = label.entropy
     if not label.voxels:
         return keep_previous(REJECTED, "empty after refinement (tau, ROI)")
@@ -301,16 +272,23 @@ def run_round(
     # One BLAS thread: the classical generalist's random walker makes thousands of small vector products,
     # which a second BLAS thread slows down 10-30x on a busy machine (measured on 2 shared cores).
     with threadpool_limits(limits=1, user_api="blas"):
+        trust, trust_seconds = _trust_test(dataset, case_ids, specialist, generalist, settings, work / "trust", k)
+        untrusted = {o: t.refusal() for o, t in trust.items() if not t.trusted}
+        if untrusted:
+            log.info("round %d: generalist not trusted on organs %s", k, sorted(untrusted))
         for case_id in tqdm(case_ids, desc=f"pseudo-label round {k}", unit="case"):
             if (done / f"{case_id}.json").is_file():
                 resumed += 1
                 continue
             entry = _round_case(dataset.case(case_id), dataset.file_ending, specialist, generalist, settings,
-                                gate_active, out, k, store / "labels", prior)
+                                gate_active, out, k, store / "labels", prior, untrusted)
             write_json(entry, done / f"{case_id}.json")
     if resumed:
         log.info("round %d resumed: %d of %d cases were already finished", k, resumed, len(case_ids))
     status = {**identity, "cases": {c: read_json(done / f"{c}.json") for c in case_ids}}
+    if trust:
+        status["trust"] = {"seconds": round(trust_seconds, 4),
+                           "organs": {str(o): {**asdict(t), "trusted": t.trusted} for o, t in sorted(trust.items())}}
     status["counts"] = _counts(status["cases"])
     manifest = {c: sorted(int(o) for o, v in entry["organs"].items() if v["pseudo_label"]) for c, entry in status["cases"].items()}
     write_json(manifest, store / "labels" / PSEUDO_MANIFEST)
@@ -323,9 +301,36 @@ def run_round(
     return target
 
 
+def _trust_test(dataset: PartialDataset, case_ids: list[str], specialist, generalist: Generalist,
+                settings: RefineSettings, folder: Path, k: int) -> tuple[dict[int, OrganTrust], float]:
+    """The trust test of :mod:`ipnp.pseudo.trust` (empty when ``settings.trust_cases`` is 0) and the seconds
+    it took; each tested case's samples are kept in ``folder``, so that a resumed round does not predict the
+    case again."""
+    if not settings.trust_cases:
+        return {}, 0.0
+    samples, seconds = [], 0.0
+    for case_id, organs in tqdm(trust_plan(dataset, case_ids, settings.trust_cases).items(),
+                                desc=f"trust test round {k}", unit="case"):
+        path = folder / f"{case_id}.json"
+        if not path.is_file():
+            start = time.perf_counter()
+            case = dataset.case(case_id)
+            image, geometry = case.load_image()
+            ground_truth, _ = case.load_label()
+            predicted, probs = specialist.predict(image, geometry)
+            found = case_samples(image, geometry, ground_truth, predicted, probs, organs, generalist, settings,
+                                 {"generalist": 0.0, "refine": 0.0})
+            write_json({"organs": {str(o): pair for o, pair in found.items()},
+                        "seconds": round(time.perf_counter() - start, 4)}, path)
+        entry = read_json(path)
+        samples.append({int(o): tuple(pair) for o, pair in entry["organs"].items()})
+        seconds += entry["seconds"]
+    return organ_trust(samples, dataset.organ_ids), seconds
+
+
 def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist, settings: RefineSettings,
                 gate_active: bool, out: str | os.PathLike, k: int, labels_dir: Path,
-                prior: PlacementPrior | None = None) -> dict:
+                prior: PlacementPrior | None = None, untrusted: dict[int, str] | None = None) -> dict:
     """Pseudo-label one case, write its merged labels into ``labels_dir``, and return its status entry."""
     result = CaseResult()
     start = time.perf_counter()
@@ -340,7 +345,7 @@ def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist
         result.seconds["predict"] += time.perf_counter() - start
         merged, result = pseudo_label_case(case, image, geometry, ground_truth, predicted, probs, generalist, settings,
                                            gate_active=gate_active, previous=previous, full_label=full, result=result,
-                                           prior=prior)
+                                           prior=prior, untrusted=untrusted)
     else:
         merged = ground_truth
     start = time.perf_counter()

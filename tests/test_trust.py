@@ -1,0 +1,110 @@
+"""The generalist's trust test: measured on labelled cases, it stops pseudo-labels of organs where the
+generalist is worse than the specialist."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ipnp.pseudo.prompts import box_prompts, largest_component
+from ipnp.pseudo.refine import RefineSettings
+from ipnp.pseudo.round import ACCEPTED, REJECTED, run_round
+from ipnp.pseudo.trust import OrganTrust, trust_plan
+from test_pseudo import BoxGeneralist, StandInSpecialist
+
+
+class OrganBlindGeneralist(BoxGeneralist):
+    """Answers the whole ROI, except for the organs in ``blind``: there only the axial prompt's slice. The
+    stand-in specialist predicts the full labels, so those organs' prompts are known in advance."""
+
+    def __init__(self, dataset, blind):
+        super().__init__()
+        self.blind_prompts = set()
+        for case_id in dataset.training_ids:
+            full = dataset.case(case_id).load_full_label()[0]
+            self.blind_prompts |= {box_prompts(largest_component(full == organ), 6) for organ in blind}
+
+    def segment(self, prompts):
+        if prompts in self.blind_prompts:
+            axial = np.zeros(self.shape, bool)
+            axial[tuple(slice(lo, hi) for lo, hi in prompts.axial.bounds)] = True
+            return axial
+        return prompts.roi_mask(self.shape, dilation=0)
+
+
+def test_plan_covers_each_organ_at_most_n_times_from_the_best_labelled_cases(simulated):
+    ds = simulated
+    plan = trust_plan(ds, ds.training_ids, 2)
+    for organ in ds.organ_ids:
+        labelling = [c for c in ds.training_ids if organ in ds.labeled_organs(c)]
+        tested = [c for c, organs in plan.items() if organ in organs]
+        assert len(tested) == min(2, len(labelling)) and set(tested) <= set(labelling)
+    most = max(len(ds.labeled_organs(c)) for c in ds.training_ids)
+    assert len(ds.labeled_organs(next(iter(plan)))) == most
+    assert trust_plan(ds, ds.training_ids[:1], 5) == {ds.training_ids[0]: sorted(ds.labeled_organs(ds.training_ids[0]))}
+
+
+def test_untrusted_organs_get_no_pseudo_label_and_the_test_is_stored(simulated, tmp_path):
+    ds = simulated
+    blind = ds.organ_ids[0]
+    out = tmp_path / "run"
+    run_round(ds, StandInSpecialist(ds), OrganBlindGeneralist(ds, {blind}), out, 1, RefineSettings(trust_cases=2))
+    status = json.loads((out / "rounds/1/pseudo_status.json").read_text())
+    trust = status["trust"]["organs"]
+    assert status["settings"]["trust_cases"] == 2 and status["trust"]["seconds"] > 0
+    assert trust[str(blind)]["trusted"] is False and trust[str(blind)]["generalist_dice"] < trust[str(blind)]["specialist_dice"]
+    for organ in ds.organ_ids[1:]:
+        labelling = sum(organ in ds.labeled_organs(c) for c in ds.training_ids)
+        assert trust[str(organ)]["trusted"] is True and trust[str(organ)]["cases"] == min(2, labelling) > 0
+        assert trust[str(organ)]["generalist_dice"] == pytest.approx(1.0)
+    outcomes = [(int(o), e) for c in status["cases"].values() for o, e in c["organs"].items()]
+    assert any(o == blind for o, _ in outcomes) and any(o != blind for o, _ in outcomes)
+    for organ, entry in outcomes:
+        if organ == blind:
+            assert entry["status"] == REJECTED and "not trusted" in entry["reason"] and not entry["pseudo_label"]
+        else:
+            assert entry["status"] == ACCEPTED
+    assert not (out / "rounds/.1.ipnp-incomplete").exists()
+
+
+def test_without_the_test_every_organ_is_pseudo_labelled(simulated, tmp_path):
+    ds = simulated
+    run_round(ds, StandInSpecialist(ds), OrganBlindGeneralist(ds, {ds.organ_ids[0]}), tmp_path / "run", 1)
+    status = json.loads((tmp_path / "run/rounds/1/pseudo_status.json").read_text())
+    assert "trust" not in status
+    assert all(e["status"] == ACCEPTED for c in status["cases"].values() for e in c["organs"].values())
+
+
+def test_a_resumed_round_does_not_test_a_case_again(simulated, tmp_path):
+    ds = simulated
+    settings = RefineSettings(trust_cases=1)
+    tested = len(trust_plan(ds, ds.training_ids, 1))
+
+    class Crashing(StandInSpecialist):
+        calls = 0
+
+        def predict(self, image, geometry):
+            Crashing.calls += 1
+            if Crashing.calls > tested:  # the trust test is done; the round's first case crashes
+                raise KeyboardInterrupt
+            return super().predict(image, geometry)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_round(ds, Crashing(ds), BoxGeneralist(), tmp_path / "run", 1, settings)
+    assert len(list((tmp_path / "run/rounds/.1.ipnp-incomplete/trust").iterdir())) == tested
+
+    class Counting(StandInSpecialist):
+        calls = 0
+
+        def predict(self, image, geometry):
+            Counting.calls += 1
+            return super().predict(image, geometry)
+
+    run_round(ds, Counting(ds), BoxGeneralist(), tmp_path / "run", 1, settings)
+    assert Counting.calls == sum(bool(ds.case(c).unknown) for c in ds.training_ids)
+
+
+def test_an_organ_without_samples_is_trusted():
+    assert OrganTrust(0, None, None).trusted
+    assert not OrganTrust(3, 0.5, 0.6).trusted and OrganTrust(3, 0.6, 0.6).trusted
+    assert "0.500 against the specialist's 0.600 on 3 labelled cases" in OrganTrust(3, 0.5, 0.6).refusal()
