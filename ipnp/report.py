@@ -67,7 +67,7 @@ def summarize_round(k: int, status: dict) -> RoundSummary:
     dice: list[float] = []
     organ_dice: dict[int, list[float]] = {}
     reasons: Counter = Counter()
-    carried, seconds = 0, 0.0
+    carried, seconds = 0, status.get("trust", {}).get("seconds", 0.0)
     for entry in status["cases"].values():
         seconds += sum(entry.get("seconds", {}).values())
         for organ, outcome in entry["organs"].items():
@@ -250,7 +250,7 @@ def _rounds(run: _Run, figures: Path, written: set[str]) -> list[str]:
               "Accepted: the labels this round accepted, and the specialist's own masks of the same organs (its argmax "
               "on voxels free in the ground truth), both against `labelsTr_full/`: the first above the second is what "
               "the generalist and the refinement added.", ""]
-    lines += _organ_dice(run) + _reasons(run)
+    lines += _organ_dice(run) + _trust(run) + _reasons(run)
     if any(r.dice for r in run.rounds):
         _dice_figure(run, figures / DICE_FIGURE)
         written.add(DICE_FIGURE)
@@ -269,6 +269,27 @@ def _organ_dice(run: _Run) -> list[str]:
         cells = [f"{np.mean(r.organ_dice[organ]):.2f} ({len(r.organ_dice[organ])})" if organ in r.organ_dice else "–"
                  for r in run.rounds]
         lines.append(f"| {organ} | {run.name(organ)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _trust(run: _Run) -> list[str]:
+    """The trust test per organ and round (``refine.trust_cases``), if the run made it."""
+    tests = {k: s["trust"]["organs"] for k, s in sorted(run.statuses.items()) if "trust" in s}
+    if not tests:
+        return []
+    organs = sorted({int(o) for t in tests.values() for o in t})
+    lines = ["Trust test (`refine.trust_cases`): on labelled training cases, mean Dice (%) of the generalist's refined "
+             "masks / of the specialist's own masks (cases); **not trusted** organs got no new pseudo-label that round.",
+             "", "| id | organ | " + " | ".join(f"round {k}" for k in tests) + " |", "|---:|:---|" + "---:|" * len(tests)]
+
+    def cell(t: dict | None) -> str:
+        if t is None or not t["cases"]:
+            return "–"
+        text = f"{100 * t['generalist_dice']:.1f} / {100 * t['specialist_dice']:.1f} ({t['cases']})"
+        return text if t["trusted"] else f"**not trusted** {text}"
+
+    for organ in organs:
+        lines.append(f"| {organ} | {run.name(organ)} | " + " | ".join(cell(t.get(str(organ))) for t in tests.values()) + " |")
     return lines + [""]
 
 

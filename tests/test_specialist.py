@@ -150,10 +150,11 @@ def test_pseudo_label_round_with_the_trained_specialist_and_nninteractive(margin
     out = tmp_path / "pseudo"
     assert main(["pseudo-label", str(partial), "--model", str(marginal_run), "--round", "1", "--out", str(out),
                  "--cases", *cases, "--generalist", "nninteractive", "--model-dir", str(checkpoint), "--device", "cpu",
-                 "--position-check", "--max-entropy", "2.5"]) == 0
+                 "--position-check", "--max-entropy", "2.5", "--trust-cases", "1"]) == 0
     assert tree_digest(partial) == before
     status = json.loads((out / "rounds/1/pseudo_status.json").read_text())
     assert status["settings"]["position_check"] is True and status["settings"]["max_entropy"] == 2.5
+    assert status["settings"]["trust_cases"] == 1 and set(status["trust"]["organs"]) == {str(o) for o in ds.organ_ids}
     assert sum(status["counts"].values()) == sum(len(ds.unknown_organs(c)) for c in cases)
     for case in cases:
         assert set(status["cases"][case]["organs"]) == {str(o) for o in ds.unknown_organs(case)}

@@ -108,3 +108,26 @@ def test_an_organ_without_samples_is_trusted():
     assert OrganTrust(0, None, None).trusted
     assert not OrganTrust(3, 0.5, 0.6).trusted and OrganTrust(3, 0.6, 0.6).trusted
     assert "0.500 against the specialist's 0.600 on 3 labelled cases" in OrganTrust(3, 0.5, 0.6).refusal()
+
+
+def test_the_report_shows_the_trust_test_per_organ_and_round(simulated, tmp_path):
+    import yaml
+
+    from ipnp.report import write_report
+
+    ds = simulated
+    blind = ds.organ_ids[0]
+    out = tmp_path / "run"
+    out.mkdir()
+    config = {"dataset": str(ds.root), "rounds": {"epochs": [5]}, "refine": {"trust_cases": 2}, "profile": "tiny", "epochs": 10}
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    run_round(ds, StandInSpecialist(ds), OrganBlindGeneralist(ds, {blind}), out, 1, RefineSettings(trust_cases=2))
+    trust = json.loads((out / "rounds/1/pseudo_status.json").read_text())["trust"]["organs"]
+    report = write_report(out).read_text()
+    for organ in ds.organ_ids:
+        t = trust[str(organ)]
+        cell = f"{100 * t['generalist_dice']:.1f} / {100 * t['specialist_dice']:.1f} ({t['cases']})"
+        [row] = [line for line in report.splitlines() if line.startswith(f"| {organ} | ") and "/" in line and "(" in line
+                 and line.count("|") == 4]
+        assert row.split("|")[3].strip() == (cell if organ != blind else f"**not trusted** {cell}")
+    assert "| 1 | rejected | generalist not trusted on this organ" in report
