@@ -3,7 +3,9 @@
 Part 1, phantoms: trains a throwaway specialist (``--profile``, default tiny; ``--epochs``/``--iterations``
 to train it longer), then runs one round with the chosen generalist and prints, per case, the time split
 into specialist prediction, generalist, refinement and I/O, and per organ the generalist's seconds against
-its ROI size; last, the ratio of round time to specialist-prediction time (goal <= 1.5 with ``classical``).
+its ROI size; last, the ratio of round time to specialist-prediction time (goal <= 1.5 with ``classical``),
+for the paper's round (``trust_cases`` 0, the table above) and, measured in the same run, for the default
+round, whose trust test predicts labelled cases once more (docs/pseudo_labels.md).
 
 Part 2, CT-sized: one case of 512 x 512 x 200 voxels with the 16-class specialist goes through
 prediction and pseudo-labeling; its peak RSS is printed (goal <= 6 GB). It runs twice: with ``roi``, a
@@ -87,12 +89,13 @@ def train(work: str, cases: int, profile: str, epochs: int | None, iterations: i
     queue.put({})
 
 
-def phantom_round(work: str, generalist_name: str, queue) -> None:
+def phantom_round(work: str, generalist_name: str, trust_cases: int, queue) -> None:
     """One round over the phantoms; reports the store's status, the generalist's calls and the wall time."""
     import torch
 
     from ipnp.data.dataset import PartialDataset
     from ipnp.generalist.registry import make_generalist
+    from ipnp.pseudo.refine import RefineSettings
     from ipnp.pseudo.round import run_round
     from ipnp.specialist.predict import Specialist
 
@@ -102,7 +105,8 @@ def phantom_round(work: str, generalist_name: str, queue) -> None:
     with make_generalist(generalist_name) as inner:
         generalist = TimedGeneralist(inner)
         start = time.perf_counter()
-        folder = run_round(PartialDataset(Path(work) / "partial"), specialist, generalist, out, 1)
+        folder = run_round(PartialDataset(Path(work) / "partial"), specialist, generalist, out, 1,
+                           RefineSettings(trust_cases=trust_cases))
         total = time.perf_counter() - start
     status = json.loads((folder / "pseudo_status.json").read_text())
     queue.put({"status": status, "calls": generalist.calls, "seconds": total, "peak_gib": _peak_gib()})
@@ -200,13 +204,15 @@ def main() -> None:
     os.environ.setdefault("nnUNet_def_n_proc", "1")
     os.environ.setdefault("nnUNet_n_proc_DA", "0")
     os.environ.setdefault("nnUNet_compile", "f")
+    from ipnp.pseudo.refine import RefineSettings
 
     work = args.work or Path(tempfile.mkdtemp(prefix="ipnp-round-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     if watched(train, (str(work), args.cases, args.profile, args.epochs, args.iterations), args.rss_limit_gib) is None:
         return
-    result = watched(phantom_round, (str(work), args.generalist), args.rss_limit_gib)
-    if result is None:
+    result = watched(phantom_round, (str(work), args.generalist, 0), args.rss_limit_gib)
+    trusting = watched(phantom_round, (str(work), args.generalist, RefineSettings().trust_cases), args.rss_limit_gib)
+    if result is None or trusting is None:
         return
     status = result["status"]
     print(f"phantoms: {len(status['cases'])} cases, generalist {args.generalist}, profile {args.profile}, CPU, 1 thread")
@@ -232,7 +238,13 @@ def main() -> None:
             _print_calls(ct["calls"])
         else:
             print(f"CT-sized, generalist {name}: no result")
-    print(f"round time / specialist prediction time: {result['seconds'] / sums['predict']:.2f}")
+    trust = trusting["status"]["trust"]
+    untrusted = [o for o, t in trust["organs"].items() if not t["trusted"]]
+    print(f"with the trust test (trust_cases {RefineSettings().trust_cases}): {trust['seconds']:.1f} s, organs not "
+          f"trusted {untrusted}, counts {trusting['status']['counts']}")
+    predict = sum(entry["seconds"]["predict"] for entry in trusting["status"]["cases"].values())
+    print(f"round time / specialist prediction time: {result['seconds'] / sums['predict']:.2f} (the paper's round); "
+          f"{trusting['seconds'] / predict:.2f} with the trust test")
 
 
 def _print_calls(calls: list[tuple[float, int]]) -> None:

@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: none)")
     p.add_argument("--trust-cases", type=int,
                    help="test the generalist on up to N labelled cases per organ and pseudo-label only the organs "
-                        "where it beats the specialist's own masks (ipnp's addition; default: 0, no test)")
+                        "where it beats the specialist's own masks (ipnp's addition; default: 5; 0: the paper's rule)")
     _add_generalist_options(p)
     p.set_defaults(func=_cmd_pseudo_label)
 

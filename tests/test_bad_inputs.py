@@ -21,6 +21,7 @@ from conftest import make_dataset, tree_digest
 from ipnp.cli import main
 from ipnp.data import PartialDataset
 from ipnp.data.partial import simulate_partial_labels
+from ipnp.pseudo.refine import RefineSettings
 from ipnp.pseudo.round import ACCEPTED, REJECTED, run_round
 from test_loop import TINY_RUN, write_config
 from test_pseudo import BoxGeneralist, StandInSpecialist
@@ -209,7 +210,7 @@ def test_an_empty_generalist_answer_rejects_only_that_organ_with_a_reason(tmp_pa
     ds = PartialDataset(tmp_path / "partial")
     case_id = ds.training_ids[0]
     unknown = sorted(ds.case(case_id).unknown)
-    run_round(ds, StandInSpecialist(ds), EmptyGeneralist(), tmp_path / "run", 1, cases=[case_id])
+    run_round(ds, StandInSpecialist(ds), EmptyGeneralist(), tmp_path / "run", 1, RefineSettings(trust_cases=0), cases=[case_id])
     organs = json.loads((tmp_path / "run/rounds/1/pseudo_status.json").read_text())["cases"][case_id]["organs"]
     assert organs[str(unknown[0])]["status"] == REJECTED and "empty" in organs[str(unknown[0])]["reason"]
     assert all(organs[str(o)]["status"] == ACCEPTED for o in unknown[1:])

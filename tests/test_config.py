@@ -32,7 +32,7 @@ def test_file_values_and_overrides_reach_the_config(tmp_path):
     assert config.round_epochs() == [2, 4] and config.rounds.gate_from_round == 2
     assert config.refine.tau == 0.5 and config.refine.padding == 6 and not config.vls
     assert config.refine.max_entropy == 1.0 and RunConfig().refine.max_entropy is None
-    assert config.refine.trust_cases == 3 and RunConfig().refine.trust_cases == 0
+    assert config.refine.trust_cases == 3 and RunConfig().refine.trust_cases == 5
     assert config.generalist.name == "nninteractive" and config.total_epochs == 6
     # The saved form reads back to the same configuration.
     assert parse_config(yaml.safe_load(dump_config(config))) == config

@@ -192,7 +192,8 @@ def test_a_failing_or_garbage_generalist_rejects_only_that_organ(simulated, tmp_
     case_id = _one_case(simulated)
     unknown = sorted(simulated.case(case_id).unknown)
     assert len(unknown) >= 2
-    run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(fail={0}, garbage={1}), tmp_path / "run", 1, cases=[case_id])
+    run_round(simulated, StandInSpecialist(simulated), BoxGeneralist(fail={0}, garbage={1}), tmp_path / "run", 1,
+              RefineSettings(trust_cases=0), cases=[case_id])
     organs = json.loads((tmp_path / "run/rounds/1/pseudo_status.json").read_text())["cases"][case_id]["organs"]
     first, second = organs[str(unknown[0])], organs[str(unknown[1])]
     assert first["status"] == REJECTED and "server dropped the connection" in first["reason"] and not first["pseudo_label"]

@@ -14,6 +14,7 @@ from ipnp.data.partial import simulate_partial_labels
 from ipnp.errors import IpnpError
 from ipnp.evaluation import evaluate_folders
 from ipnp.evaluation.table import MISSING, build_table
+from ipnp.pseudo.refine import RefineSettings
 from ipnp.pseudo.round import run_round
 import ipnp.report
 from ipnp.report import DICE_FIGURE, TEST_FIGURE, TRAINING_FIGURE, write_report
@@ -22,7 +23,7 @@ from test_pseudo import BoxGeneralist, StandInSpecialist
 CONFIG = {
     "dataset": None,  # filled in by the fixture
     "rounds": {"epochs": [5, 10, 15], "gate_from_round": 2},
-    "refine": {"padding": 6, "tau": 0.4, "delta": 3},
+    "refine": {"padding": 6, "tau": 0.4, "delta": 3, "trust_cases": 0},
     "vls": True,
     "profile": "tiny",
     "epochs": 20,
@@ -97,12 +98,13 @@ def run(tmp_path_factory):
     # Round 1: the specialist misses the lowest slice of the kidney (3 slices thick): Dice 80 % for it.
     specialist = StandInSpecialist(ds, confidence=0.8)
     specialist.full = {c: _trim(v, 3) for c, v in specialist.full.items()}
-    run_round(ds, specialist, BoxGeneralist(fail={0}), out, 1)
-    run_round(ds, StandInSpecialist(ds, confidence=0.6), BoxGeneralist(), out, 2, gate_active=True)
+    paper = RefineSettings(trust_cases=0)  # the generalist that fails its first call is for round 1's own cases
+    run_round(ds, specialist, BoxGeneralist(fail={0}), out, 1, paper)
+    run_round(ds, StandInSpecialist(ds, confidence=0.6), BoxGeneralist(), out, 2, paper, gate_active=True)
     # Round 3: a specialist that misses one organ of every case: skipped, the round-1 pseudo-label carried on.
     specialist = StandInSpecialist(ds, confidence=0.95)
     specialist.full = {c: np.where(v == 2, 0, v) for c, v in specialist.full.items()}
-    run_round(ds, specialist, BoxGeneralist(), out, 3, gate_active=True)
+    run_round(ds, specialist, BoxGeneralist(), out, 3, paper, gate_active=True)
     predictions = out / "predictions"
     shutil.copytree(ds.root / "labelsTs", predictions)
     reference, _ = ds.case("case_006", "test").load_label()

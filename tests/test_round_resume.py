@@ -14,6 +14,7 @@ from ipnp.data import PartialDataset
 from ipnp.data.io import read_voxels
 from ipnp.pseudo.refine import RefineSettings
 from ipnp.pseudo.round import STATUS_FILE, run_round
+from ipnp.pseudo.trust import trust_plan
 from test_pseudo import BoxGeneralist, StandInSpecialist
 
 TESTS = Path(__file__).parent
@@ -83,6 +84,7 @@ def _snapshot(folder: Path) -> dict:
     status = json.loads((folder / STATUS_FILE).read_text())
     for entry in status["cases"].values():
         entry.pop("seconds")
+    status["trust"].pop("seconds")
     files = {p.name: read_voxels(p).tolist() for p in (folder / "labels").glob("*.nii.gz")}
     return {"status": status, "files": files, "names": sorted(p.name for p in (folder / "labels").iterdir())}
 
@@ -117,20 +119,29 @@ def _kill_points(total: int) -> list[tuple[str, int]]:
     return [("before", n) for n in sorted({1, 2, 3, 4, total // 2, total - 1, total})] + [("after", total)]
 
 
+def _trust_cases(dataset) -> list[str]:
+    """The cases the default trust test predicts before the round's own cases, in order."""
+    return list(trust_plan(dataset, dataset.training_ids, RefineSettings().trust_cases))
+
+
 def test_a_killed_round_resumes_where_it_stopped(dataset, reference, tmp_path):
     expected, total = reference
-    assert total == 4 + 2 * len(dataset.training_ids)  # round.json; label and record per case; manifest, status, rename
+    tested = _trust_cases(dataset)
+    assert tested  # the default trust test runs, and its records are kill points too
+    # round.json; a trust record per tested case; label and record per case; manifest, status, rename
+    assert total == 4 + len(tested) + 2 * len(dataset.training_ids)
     for mode, n in [*_kill_points(total), ("mid-write", 2)]:
         out = tmp_path / f"{mode}-{n}"
         _killed(dataset, out, mode, n)
         rounds = out / "rounds"
         complete = (rounds / "1").exists()
         assert complete == (mode == "after")  # the round's folder appears only when the round is complete
-        done = {p.stem for p in (rounds / ".1.ipnp-incomplete" / "done").glob("*.json")} if not complete else set()
+        work = rounds / ".1.ipnp-incomplete"
+        done, trusted = ({p.stem for p in (work / folder).glob("*.json")} for folder in ("done", "trust"))
         specialist = CountingSpecialist(dataset)
         folder = run_round(dataset, specialist, BoxGeneralist(), out, 1)
-        unfinished = [] if complete else [c for c in dataset.training_ids if c not in done]
-        assert specialist.predicted == unfinished, (mode, n)  # finished cases are not redone
+        unfinished = [] if complete else [c for c in tested if c not in trusted] + [c for c in dataset.training_ids if c not in done]
+        assert specialist.predicted == unfinished, (mode, n)  # finished cases and trust records are not redone
         assert [p.name for p in rounds.iterdir()] == ["1"]  # nothing unfinished is left behind
         assert _snapshot(folder) == expected, (mode, n)
 
@@ -141,6 +152,6 @@ def test_an_unfinished_round_with_other_settings_starts_over(dataset, reference,
     assert len(list((out / "rounds/.1.ipnp-incomplete/done").glob("*.json"))) == len(dataset.training_ids)
     specialist = CountingSpecialist(dataset)
     folder = run_round(dataset, specialist, BoxGeneralist(), out, 1, RefineSettings(tau=0.5))
-    assert specialist.predicted == dataset.training_ids
+    assert specialist.predicted == _trust_cases(dataset) + dataset.training_ids
     assert json.loads((folder / STATUS_FILE).read_text())["settings"]["tau"] == 0.5
     assert [p.name for p in (out / "rounds").iterdir()] == ["1"]

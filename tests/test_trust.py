@@ -67,9 +67,10 @@ def test_untrusted_organs_get_no_pseudo_label_and_the_test_is_stored(simulated, 
     assert not (out / "rounds/.1.ipnp-incomplete").exists()
 
 
-def test_without_the_test_every_organ_is_pseudo_labelled(simulated, tmp_path):
+def test_with_trust_cases_0_every_organ_is_pseudo_labelled(simulated, tmp_path):
     ds = simulated
-    run_round(ds, StandInSpecialist(ds), OrganBlindGeneralist(ds, {ds.organ_ids[0]}), tmp_path / "run", 1)
+    run_round(ds, StandInSpecialist(ds), OrganBlindGeneralist(ds, {ds.organ_ids[0]}), tmp_path / "run", 1,
+              RefineSettings(trust_cases=0))
     status = json.loads((tmp_path / "run/rounds/1/pseudo_status.json").read_text())
     assert "trust" not in status
     assert all(e["status"] == ACCEPTED for c in status["cases"].values() for e in c["organs"].values())

@@ -40,9 +40,11 @@ class RefineSettings:
     one stays unknown, which the marginal loss handles. 0.4 nats is the entropy of a voxel 86 % sure of
     one class and 14 % of another.
 
-    ``trust_cases`` (ipnp's addition, 0 = off by default): before each round, test the generalist on up to this
-    many labelled training cases per organ, and pseudo-label only the organs on which its refined masks
-    score at least the specialist's own Dice (:mod:`ipnp.pseudo.trust`).
+    ``trust_cases`` (ipnp's addition, on by default; 0 restores the paper's rule): before each round, test the
+    generalist on up to this many labelled training cases per organ, and pseudo-label only the organs on which
+    its refined masks score at least the specialist's own Dice (:mod:`ipnp.pseudo.trust`). Without it, an organ
+    the generalist segments worse than the specialist gets pseudo-labels that teach the specialist a worse
+    version of its own prediction (BENCHMARKS.md, session 8).
     """
 
     padding: int = 6
@@ -51,7 +53,7 @@ class RefineSettings:
     largest_component: bool = True
     position_check: bool = True
     max_entropy: float | None = None
-    trust_cases: int = 0
+    trust_cases: int = 5
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:

@@ -6,7 +6,7 @@ candidate is refined (τ, ROI, optionally the position check of :mod:`ipnp.pseud
 the entropy gate is active — accepted only if its mean entropy fell). True labels are never changed:
 pseudo-labels fill only voxels that are 0 in the ground truth, only for organs unlabeled in that case, and
 where two pseudo-labels overlap the higher specialist probability wins. A pseudo-label once accepted is
-carried into later rounds until a better one replaces it. With ``trust_cases`` set, a trust test on
+carried into later rounds until a better one replaces it. Unless ``trust_cases`` is 0, a trust test on
 labelled cases first decides on which organs the generalist may pseudo-label (:mod:`ipnp.pseudo.trust`). Probabilities are read only over each organ's
 ROI, and pseudo-labels are kept as masks over regions, so a round's memory is dominated by the
 specialist's prediction, not by the number of organs.
