@@ -132,3 +132,15 @@ def test_the_report_shows_the_trust_test_per_organ_and_round(simulated, tmp_path
                  and line.count("|") == 4]
         assert row.split("|")[3].strip() == (cell if organ != blind else f"**not trusted** {cell}")
     assert "| 1 | rejected | generalist not trusted on this organ" in report
+
+
+def test_a_generalist_that_fails_on_labelled_cases_is_not_trusted(simulated, tmp_path):
+    ds = simulated
+    failing = BoxGeneralist(fail=range(10_000))
+    run_round(ds, StandInSpecialist(ds), failing, tmp_path / "run", 1, RefineSettings(trust_cases=2))
+    status = json.loads((tmp_path / "run/rounds/1/pseudo_status.json").read_text())
+    trust = status["trust"]["organs"]
+    assert all(t["cases"] and t["generalist_dice"] == 0 and not t["trusted"] for t in trust.values())
+    tested = sum(t["cases"] for t in trust.values())
+    assert len(failing.calls) == tested  # untrusted organs cost no generalist call in the round itself
+    assert all("not trusted" in e["reason"] for c in status["cases"].values() for e in c["organs"].values())
