@@ -7,9 +7,9 @@ the entropy gate is active — accepted only if its mean entropy fell). True lab
 pseudo-labels fill only voxels that are 0 in the ground truth, only for organs unlabeled in that case, and
 where two pseudo-labels overlap the higher specialist probability wins. A pseudo-label once accepted is
 carried into later rounds until a better one replaces it. Unless ``trust_cases`` is 0, a trust test on
-labelled cases first decides on which organs the generalist may pseudo-label (:mod:`ipnp.pseudo.trust`). Probabilities are read only over each organ's
-ROI, and pseudo-labels are kept as masks over regions, so a round's memory is dominated by the
-specialist's prediction, not by the number of organs.
+labelled cases first decides on which organs the generalist may pseudo-label (:mod:`ipnp.pseudo.trust`).
+Probabilities are read only over each organ's ROI, and pseudo-labels are kept as masks over regions, so a
+round's memory is dominated by the specialist's prediction, not by the number of organs.
 
 Store, per round ``k``::
 
@@ -20,8 +20,8 @@ Store, per round ``k``::
 
 ``rounds/<k>`` appears only when the round is complete. Until then the round lives in
 ``rounds/.<k>.ipnp-incomplete/``: ``round.json`` (what the round is: settings, specialist, generalist),
-``store/`` (the future ``rounds/<k>``), ``trust/<case>.json`` (a tested case's trust samples) and ``done/<case>.json`` (a finished case's status, written after
-its label file). Every file is written atomically, so a round killed at any moment and run again with the
+``store/`` (the future ``rounds/<k>``), ``trust/<case>.json`` (a tested case's trust samples) and
+``done/<case>.json`` (a finished case's status, written after its label file). Every file is written atomically, so a round killed at any moment and run again with the
 same settings redoes only the cases without a ``done`` record; with other settings it starts over.
 """
 
@@ -180,9 +180,10 @@ def _one_organ(
     refusal: str | None = None,
     offset: Callable[[int, PseudoLabel], tuple[float, float] | None] | None = None,
 ) -> tuple[OrganOutcome, PseudoLabel | None]:
-    """One organ's outcome and the pseudo-label it leaves (new, carried over, or None); a ``refusal`` (the
-    generalist could not take the case's image, or is not trusted on this organ) rejects it; ``offset(organ, label)`` gives a
-    label's (distance, tolerance) from its expected place, or None where that is not checked."""
+    """One organ's outcome and the pseudo-label it leaves (new, carried over, or None). A ``refusal`` (the
+    generalist could not take the case's image, or is not trusted on this organ) rejects it;
+    ``offset(organ, label)`` gives a label's (distance, tolerance) from its expected place, or None where
+    that is not checked."""
     where: tuple[float, float] | tuple[None, None] = (None, None)  # set once checked; keep_previous reports it
 
     def keep_previous(status: str, reason: str, h: float | None = None) -> tuple[OrganOutcome, PseudoLabel | None]:
