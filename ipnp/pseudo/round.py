@@ -21,8 +21,9 @@ Store, per round ``k``::
 ``rounds/<k>`` appears only when the round is complete. Until then the round lives in
 ``rounds/.<k>.ipnp-incomplete/``: ``round.json`` (what the round is: settings, specialist, generalist),
 ``store/`` (the future ``rounds/<k>``), ``trust/<case>.json`` (a tested case's trust samples) and
-``done/<case>.json`` (a finished case's status, written after its label file). Every file is written atomically, so a round killed at any moment and run again with the
-same settings redoes only the cases without a ``done`` record; with other settings it starts over.
+``done/<case>.json`` (a finished case's status, written after its label file). Every file is written
+atomically, so a round killed at any moment and run again with the same settings redoes only the cases
+without a ``done`` record; with other settings it starts over.
 """
 
 from __future__ import annotations
