@@ -15,7 +15,7 @@ from ipnp.generalist.base import Generalist
 from ipnp.pseudo.prompts import AnatomicalAxes, box_prompts, largest_component
 from ipnp.pseudo.refine import PseudoLabel, RefineSettings, Region, refine
 
-SKIPPED, REJECTED = "skipped", "rejected"
+ACCEPTED, REJECTED, SKIPPED = "accepted", "rejected", "skipped"  # an organ's status in a round
 
 
 @dataclass(frozen=True)

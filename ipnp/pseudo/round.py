@@ -45,7 +45,7 @@ from ipnp.data.dataset import Case, PartialDataset, read_label
 from ipnp.data.io import Geometry, read_json, refuse_output_inside, write_image, write_json
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
-from ipnp.pseudo.candidate import REJECTED, SKIPPED, NoCandidate, dice, failure, refined_candidate
+from ipnp.pseudo.candidate import ACCEPTED, REJECTED, SKIPPED, NoCandidate, dice, failure, refined_candidate
 from ipnp.pseudo.placement import PlacementPrior, placement
 from ipnp.pseudo.prompts import anatomical_axes
 from ipnp.pseudo.refine import PseudoLabel, RefineSettings
@@ -53,7 +53,6 @@ from ipnp.pseudo.trust import OrganTrust, case_samples, organ_trust, trust_plan
 
 log = logging.getLogger(__name__)
 
-ACCEPTED = "accepted"
 STATUS_FILE = "pseudo_status.json"
 PSEUDO_MANIFEST = "pseudo_labels.json"
 
@@ -320,8 +319,7 @@ def _trust_test(dataset: PartialDataset, case_ids: list[str], specialist, genera
             image, geometry = case.load_image()
             ground_truth, _ = case.load_label()
             predicted, probs = specialist.predict(image, geometry)
-            found = case_samples(image, geometry, ground_truth, predicted, probs, organs, generalist, settings,
-                                 {"generalist": 0.0, "refine": 0.0})
+            found = case_samples(image, geometry, ground_truth, predicted, probs, organs, generalist, settings)
             write_json({"organs": {str(o): pair for o, pair in found.items()},
                         "seconds": round(time.perf_counter() - start, 4)}, path)
         entry = read_json(path)
