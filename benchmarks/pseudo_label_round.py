@@ -5,7 +5,8 @@ to train it longer), then runs one round with the chosen generalist and prints, 
 into specialist prediction, generalist, refinement and I/O, and per organ the generalist's seconds against
 its ROI size; last, the ratio of round time to specialist-prediction time (goal <= 1.5 with ``classical``),
 for the paper's round (``trust_cases`` 0, the table above) and, measured in the same run, for the default
-round, whose trust test predicts labelled cases once more (docs/pseudo_labels.md).
+round, whose trust test also prompts the generalist on labelled organs and, on the tested cases, on organs it
+then distrusts (docs/pseudo_labels.md).
 
 Part 2, CT-sized: one case of 512 x 512 x 200 voxels with the 16-class specialist goes through
 prediction and pseudo-labeling; its peak RSS is printed (goal <= 6 GB). It runs twice: with ``roi``, a

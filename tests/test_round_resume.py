@@ -120,7 +120,7 @@ def _kill_points(total: int) -> list[tuple[str, int]]:
 
 
 def _trust_cases(dataset) -> list[str]:
-    """The cases the default trust test predicts before the round's own cases, in order."""
+    """The cases the default trust test predicts first, in order."""
     return list(trust_plan(dataset, dataset.training_ids, RefineSettings().trust_cases))
 
 
@@ -128,7 +128,7 @@ def test_a_killed_round_resumes_where_it_stopped(dataset, reference, tmp_path):
     expected, total = reference
     tested = _trust_cases(dataset)
     assert tested  # the default trust test runs, and its records are kill points too
-    # round.json; a trust record per tested case; label and record per case; manifest, status, rename
+    # round.json; a candidates record per tested case; label and record per case; manifest, status, rename
     assert total == 4 + len(tested) + 2 * len(dataset.training_ids)
     for mode, n in [*_kill_points(total), ("mid-write", 2)]:
         out = tmp_path / f"{mode}-{n}"
@@ -137,11 +137,13 @@ def test_a_killed_round_resumes_where_it_stopped(dataset, reference, tmp_path):
         complete = (rounds / "1").exists()
         assert complete == (mode == "after")  # the round's folder appears only when the round is complete
         work = rounds / ".1.ipnp-incomplete"
-        done, trusted = ({p.stem for p in (work / folder).glob("*.json")} for folder in ("done", "trust"))
+        done = {p.stem for p in (work / "done").glob("*.json")}
+        waiting = {p.stem for p in (work / "candidates").glob("*.npz")}
         specialist = CountingSpecialist(dataset)
         folder = run_round(dataset, specialist, BoxGeneralist(), out, 1)
-        unfinished = [] if complete else [c for c in tested if c not in trusted] + [c for c in dataset.training_ids if c not in done]
-        assert specialist.predicted == unfinished, (mode, n)  # finished cases and trust records are not redone
+        others = [c for c in dataset.training_ids if c not in tested]
+        unfinished = [] if complete else [c for c in tested if c not in waiting | done] + [c for c in others if c not in done]
+        assert specialist.predicted == unfinished, (mode, n)  # finished cases and stored candidates are not redone
         assert [p.name for p in rounds.iterdir()] == ["1"]  # nothing unfinished is left behind
         assert _snapshot(folder) == expected, (mode, n)
 
@@ -152,6 +154,7 @@ def test_an_unfinished_round_with_other_settings_starts_over(dataset, reference,
     assert len(list((out / "rounds/.1.ipnp-incomplete/done").glob("*.json"))) == len(dataset.training_ids)
     specialist = CountingSpecialist(dataset)
     folder = run_round(dataset, specialist, BoxGeneralist(), out, 1, RefineSettings(tau=0.5))
-    assert specialist.predicted == _trust_cases(dataset) + dataset.training_ids
+    tested = _trust_cases(dataset)
+    assert specialist.predicted == tested + [c for c in dataset.training_ids if c not in tested]  # each case once
     assert json.loads((folder / STATUS_FILE).read_text())["settings"]["tau"] == 0.5
     assert [p.name for p in (out / "rounds").iterdir()] == ["1"]

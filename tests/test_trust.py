@@ -76,33 +76,44 @@ def test_with_trust_cases_0_every_organ_is_pseudo_labelled(simulated, tmp_path):
     assert all(e["status"] == ACCEPTED for c in status["cases"].values() for e in c["organs"].values())
 
 
-def test_a_resumed_round_does_not_test_a_case_again(simulated, tmp_path):
+def test_each_case_is_predicted_once_and_a_resumed_round_does_not_predict_a_tested_case_again(simulated, tmp_path):
     ds = simulated
     settings = RefineSettings(trust_cases=1)
-    tested = len(trust_plan(ds, ds.training_ids, 1))
+    plan = list(trust_plan(ds, ds.training_ids, 1))
 
     class Crashing(StandInSpecialist):
         calls = 0
 
         def predict(self, image, geometry):
             Crashing.calls += 1
-            if Crashing.calls > tested:  # the trust test is done; the round's first case crashes
+            if Crashing.calls > len(plan):  # the trust test is done; the round's first other case crashes
                 raise KeyboardInterrupt
             return super().predict(image, geometry)
 
     with pytest.raises(KeyboardInterrupt):
         run_round(ds, Crashing(ds), BoxGeneralist(), tmp_path / "run", 1, settings)
-    assert len(list((tmp_path / "run/rounds/.1.ipnp-incomplete/trust").iterdir())) == tested
+    waiting = tmp_path / "run/rounds/.1.ipnp-incomplete/candidates"
+    assert sorted(p.stem for p in waiting.glob("*.npz")) == sorted(plan)
+    assert sorted(p.stem for p in (waiting.parent / "done").glob("*.json")) == sorted(plan)  # decided from storage
 
     class Counting(StandInSpecialist):
-        calls = 0
+        predicted = []
 
         def predict(self, image, geometry):
-            Counting.calls += 1
+            Counting.predicted.append(self.case_of_image[image.tobytes()])
             return super().predict(image, geometry)
 
     run_round(ds, Counting(ds), BoxGeneralist(), tmp_path / "run", 1, settings)
-    assert Counting.calls == sum(bool(ds.case(c).unknown) for c in ds.training_ids)
+    assert Counting.predicted == [c for c in ds.training_ids if c not in plan and ds.case(c).unknown]
+    reference = run_round(ds, StandInSpecialist(ds), BoxGeneralist(), tmp_path / "uninterrupted", 1, settings)
+    resumed = json.loads((tmp_path / "run/rounds/1/pseudo_status.json").read_text())
+    uninterrupted = json.loads((reference / "pseudo_status.json").read_text())
+    for status in (resumed, uninterrupted):
+        status["trust"].pop("seconds")
+        status.pop("specialist")
+        for entry in status["cases"].values():
+            entry.pop("seconds")
+    assert resumed == uninterrupted
 
 
 def test_an_organ_without_samples_is_trusted():
@@ -141,6 +152,9 @@ def test_a_generalist_that_fails_on_labelled_cases_is_not_trusted(simulated, tmp
     status = json.loads((tmp_path / "run/rounds/1/pseudo_status.json").read_text())
     trust = status["trust"]["organs"]
     assert all(t["cases"] and t["generalist_dice"] == 0 and not t["trusted"] for t in trust.values())
+    plan = trust_plan(ds, ds.training_ids, 2)
+    # The tested cases' unknown organs are prompted before the test decides; no other case costs a call.
     tested = sum(t["cases"] for t in trust.values())
-    assert len(failing.calls) == tested  # untrusted organs cost no generalist call in the round itself
+    assert len(failing.calls) == tested + sum(len(ds.case(c).unknown) for c in plan)
+    assert set(plan) != set(ds.training_ids)
     assert all("not trusted" in e["reason"] for c in status["cases"].values() for e in c["organs"].values())

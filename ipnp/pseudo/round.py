@@ -20,20 +20,24 @@ Store, per round ``k``::
 
 ``rounds/<k>`` appears only when the round is complete. Until then the round lives in
 ``rounds/.<k>.ipnp-incomplete/``: ``round.json`` (what the round is: settings, specialist, generalist),
-``store/`` (the future ``rounds/<k>``), ``trust/<case>.json`` (a tested case's trust samples) and
-``done/<case>.json`` (a finished case's status, written after its label file). Every file is written
-atomically, so a round killed at any moment and run again with the same settings redoes only the cases
-without a ``done`` record; with other settings it starts over.
+``store/`` (the future ``rounds/<k>``), ``candidates/<case>.npz`` (a trust-test case's samples and candidates,
+:func:`save_candidates`) and ``done/<case>.json`` (a finished case's status, written after its label file).
+Every file is written atomically, so a round killed at any moment and run again with the same settings
+predicts again only the cases with neither a ``candidates`` nor a ``done`` record; with other settings it
+starts over. Each case is predicted once: the trust test's cases first, whose candidates wait for the test's
+decision, then the others.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +46,14 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from ipnp.data.dataset import Case, PartialDataset, read_label
-from ipnp.data.io import Geometry, read_json, refuse_output_inside, write_image, write_json
+from ipnp.data.io import Geometry, atomic_path, read_json, refuse_output_inside, write_image, write_json
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
 from ipnp.pseudo.candidate import ACCEPTED, REJECTED, SKIPPED, NoCandidate, dice, failure, refined_candidate
 from ipnp.pseudo.placement import PlacementPrior, placement
 from ipnp.pseudo.prompts import anatomical_axes
 from ipnp.pseudo.refine import PseudoLabel, RefineSettings
-from ipnp.pseudo.trust import OrganTrust, case_samples, organ_trust, trust_plan
+from ipnp.pseudo.trust import Sample, case_samples, organ_trust, trust_plan
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,125 @@ def accepted_dice(status: dict) -> tuple[float, float] | None:
     return tuple(float(np.mean(d)) for d in zip(*pairs)) if pairs else None
 
 
+@dataclass
+class OrganCandidate:
+    """What a case's prediction gives one unknown organ, before the round decides on it."""
+
+    label: PseudoLabel | NoCandidate | None  # None: not prompted (the organ was refused before)
+    specialist_dice: float | None = None  # see OrganOutcome
+    carried_probability: np.ndarray | None = None  # this round's p_organ on the previous pseudo-label's voxels
+
+
+@dataclass
+class CaseCandidates:
+    """What one specialist prediction of a case gives the round: a candidate per unknown organ, the trust
+    samples of the case's tested organs, and why the generalist could not take the image, if it could not.
+
+    A case of the trust test is predicted once: its candidates wait (on disk, :func:`save_candidates`) until
+    the test has decided which organs the generalist may pseudo-label.
+    """
+
+    organs: dict[int, OrganCandidate] = field(default_factory=dict)
+    samples: dict[int, Sample] = field(default_factory=dict)
+    image_error: str | None = None
+    trust_seconds: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)  # what predicting the case and its candidates took
+
+
+def case_candidates(
+    case: Case,
+    image: np.ndarray,
+    ground_truth: np.ndarray,
+    geometry: Geometry,
+    predicted: np.ndarray,
+    probs,
+    generalist: Generalist,
+    settings: RefineSettings,
+    *,
+    previous: dict[int, PseudoLabel],
+    full_label: np.ndarray | None = None,
+    refused: Collection[int] = (),
+    tested: list[int] = (),
+    seconds: dict[str, float],
+) -> CaseCandidates:
+    """Prompt the generalist for each unknown organ not ``refused`` and refine its answers; score the ``tested``
+    organs for the trust test. Only ``probs``' ROIs are read; time spent is added to ``seconds``."""
+    axes = anatomical_axes(geometry.direction)
+    found = CaseCandidates()
+    start = time.perf_counter()
+    try:
+        generalist.set_image(image[0], geometry.spacing_zyx)
+    except Exception as exc:  # noqa: BLE001 - one case's failure must not end the round
+        found.image_error = failure("generalist failed on the image", exc)
+    seconds["generalist"] += time.perf_counter() - start
+    if tested and not found.image_error:
+        start = time.perf_counter()
+        found.samples = case_samples(ground_truth, predicted, probs, tested, generalist, settings, axes)
+        found.trust_seconds = time.perf_counter() - start
+    free = ground_truth == 0
+    for organ in sorted(case.unknown):
+        prompt = not (found.image_error or organ in refused)
+        candidate = OrganCandidate(
+            refined_candidate(organ, predicted, probs, generalist, settings, axes, free, seconds) if prompt else None)
+        if full_label is not None:
+            candidate.specialist_dice = dice((predicted == organ) & free, full_label == organ)
+        if (carried := previous.get(organ)) is not None:
+            candidate.carried_probability = probs[(organ, *carried.region)][carried.mask]
+        found.organs[organ] = candidate
+    return found
+
+
+def decide_case(
+    case: Case,
+    ground_truth: np.ndarray,
+    geometry: Geometry,
+    candidates: CaseCandidates,
+    settings: RefineSettings,
+    *,
+    gate_active: bool,
+    previous: dict[int, PseudoLabel],
+    full_label: np.ndarray | None = None,
+    result: CaseResult,
+    prior: PlacementPrior | None = None,
+    untrusted: dict[int, str] | None = None,
+) -> np.ndarray:
+    """Accept or reject each unknown organ's candidate, record the outcomes in ``result``, and return the
+    ground truth merged with the pseudo-labels (where two overlap, the higher probability wins)."""
+    untrusted = untrusted or {}
+
+    def offset(organ: int, label: PseudoLabel) -> tuple[float, float] | None:
+        return prior.offset(case.case_id, organ, placement(label.mask, geometry, label.region)) if prior else None
+
+    start = time.perf_counter()
+    pseudo: dict[int, PseudoLabel] = {}
+    for organ, candidate in sorted(candidates.organs.items()):
+        carried = previous.get(organ)
+        if carried is not None:
+            carried = replace(carried, probability=candidate.carried_probability)
+        outcome, label = _one_organ(organ, candidate.label, settings, gate_active, carried,
+                                    candidates.image_error or untrusted.get(organ), offset)
+        outcome.specialist_dice = candidate.specialist_dice
+        if full_label is not None and label is not None:
+            outcome.dice = dice(label.mask, full_label == organ, label.region)
+        if label is not None:
+            pseudo[organ] = label
+        result.organs[organ] = outcome
+
+    free = ground_truth == 0
+    merged = ground_truth.copy()
+    best = np.full(ground_truth.shape, -1.0, dtype=np.float16)  # probabilities are float16 already
+    for organ, label in pseudo.items():
+        p = np.full(label.mask.shape, -1.0, dtype=np.float16)
+        p[label.mask] = label.probability
+        take = label.mask & free[label.region] & (p > best[label.region])
+        merged[label.region][take] = organ
+        best[label.region][take] = p[take]
+    for organ, label in pseudo.items():  # an overlap can take a whole pseudo-label away
+        result.organs[organ].voxels = int((merged[label.region] == organ).sum())
+    result.seconds["refine"] += time.perf_counter() - start
+    return merged
+
+
 def pseudo_label_case(
     case: Case,
     image: np.ndarray,
@@ -121,83 +244,41 @@ def pseudo_label_case(
     ``probs`` is indexed like a (classes, z, y, x) array (only ROIs are read); ``previous`` maps an organ
     to its last accepted pseudo-label; ``prior``, if given, refuses pseudo-labels placed too far from
     where the case's true labels expect the organ; ``untrusted`` maps organs not to pseudo-label this
-    round to the reason (:mod:`ipnp.pseudo.trust`).
+    round to the reason (:mod:`ipnp.pseudo.trust`); the generalist is not asked about them.
     """
-    untrusted = untrusted or {}
     result = result or CaseResult()
-    axes = anatomical_axes(geometry.direction)
-    start = time.perf_counter()
-    try:
-        generalist.set_image(image[0], geometry.spacing_zyx)
-        image_error = None
-    except Exception as exc:  # noqa: BLE001 - one case's failure must not end the round
-        image_error = failure("generalist failed on the image", exc)
-    result.seconds["generalist"] += time.perf_counter() - start
-
-    def offset(organ: int, label: PseudoLabel) -> tuple[float, float] | None:
-        return prior.offset(case.case_id, organ, placement(label.mask, geometry, label.region)) if prior else None
-
-    free = ground_truth == 0
-    pseudo: dict[int, PseudoLabel] = {}
-    for organ in sorted(case.unknown):
-        outcome, label = _one_organ(organ, free, predicted, probs, generalist, settings, axes, gate_active,
-                                    previous.get(organ), result, image_error or untrusted.get(organ), offset)
-        if full_label is not None:
-            truth = full_label == organ
-            outcome.specialist_dice = dice((predicted == organ) & free, truth)
-            if label is not None:
-                outcome.dice = dice(label.mask, truth, label.region)
-        if label is not None:
-            pseudo[organ] = label
-        result.organs[organ] = outcome
-
-    start = time.perf_counter()
-    merged = ground_truth.copy()
-    best = np.full(ground_truth.shape, -1.0, dtype=np.float16)  # probabilities are float16 already
-    for organ, label in pseudo.items():
-        p = np.full(label.mask.shape, -1.0, dtype=np.float16)
-        p[label.mask] = label.probability
-        take = label.mask & free[label.region] & (p > best[label.region])
-        merged[label.region][take] = organ
-        best[label.region][take] = p[take]
-    for organ, label in pseudo.items():  # an overlap can take a whole pseudo-label away
-        result.organs[organ].voxels = int((merged[label.region] == organ).sum())
-    result.seconds["refine"] += time.perf_counter() - start
+    candidates = case_candidates(case, image, ground_truth, geometry, predicted, probs, generalist, settings,
+                                 previous=previous, full_label=full_label, refused=set(untrusted or ()),
+                                 seconds=result.seconds)
+    merged = decide_case(case, ground_truth, geometry, candidates, settings, gate_active=gate_active,
+                         previous=previous, full_label=full_label, result=result, prior=prior, untrusted=untrusted)
     return merged, result
 
 
 def _one_organ(
     organ: int,
-    free: np.ndarray,
-    predicted: np.ndarray,
-    probs,
-    generalist: Generalist,
+    label: PseudoLabel | NoCandidate | None,
     settings: RefineSettings,
-    axes,
     gate_active: bool,
     previous: PseudoLabel | None,
-    result: CaseResult,
     refusal: str | None = None,
     offset: Callable[[int, PseudoLabel], tuple[float, float] | None] | None = None,
 ) -> tuple[OrganOutcome, PseudoLabel | None]:
     """One organ's outcome and the pseudo-label it leaves (new, carried over, or None). A ``refusal`` (the
     generalist could not take the case's image, or is not trusted on this organ) rejects it;
     ``offset(organ, label)`` gives a label's (distance, tolerance) from its expected place, or None where
-    that is not checked."""
+    that is not checked. ``previous`` carries this round's probabilities, which the overlap rule weighs."""
     where: tuple[float, float] | tuple[None, None] = (None, None)  # set once checked; keep_previous reports it
 
     def keep_previous(status: str, reason: str, h: float | None = None) -> tuple[OrganOutcome, PseudoLabel | None]:
         if previous is None:
             return OrganOutcome(status, reason, mean_entropy=h, offset_mm=where[0], tolerance_mm=where[1]), None
         reason += "; previous pseudo-label kept"
-        # The overlap rule weighs it with this round's probabilities.
-        carried = replace(previous, probability=probs[(organ, *previous.region)][previous.mask])
         return OrganOutcome(status, reason, previous.voxels, h, pseudo_label=True, reference_entropy=previous.entropy,
-                            offset_mm=where[0], tolerance_mm=where[1]), carried
+                            offset_mm=where[0], tolerance_mm=where[1]), previous
 
     if refusal:
         return keep_previous(REJECTED, refusal)
-    label = refined_candidate(organ, predicted, probs, generalist, settings, axes, free, result.seconds)
     if isinstance(label, NoCandidate):
         return keep_previous(label.status, label.reason)
     h = label.entropy
@@ -270,20 +351,34 @@ def run_round(
     prior = PlacementPrior.from_dataset(dataset) if settings.position_check else None
     store, done = work / "store", work / "done"
     resumed = 0
+    plan = trust_plan(dataset, case_ids, settings.trust_cases) if settings.trust_cases else {}
+    order = list(plan) + [c for c in case_ids if c not in plan]
+    run_case = partial(_round_case, file_ending=dataset.file_ending, specialist=specialist, generalist=generalist,
+                       settings=settings, gate_active=gate_active, out=out, k=k, labels_dir=store / "labels", prior=prior)
     # One BLAS thread: the classical generalist's random walker makes thousands of small vector products,
     # which a second BLAS thread slows down 10-30x on a busy machine (measured on 2 shared cores).
     with threadpool_limits(limits=1, user_api="blas"):
-        trust, trust_seconds = _trust_test(dataset, case_ids, specialist, generalist, settings, work / "trust", k)
+        # The trust test's cases are predicted first, once: their samples decide the trust, and their own
+        # candidates wait on disk for that decision.
+        samples, trust_seconds = [], 0.0
+        for case_id, tested in tqdm(plan.items(), desc=f"trust test round {k}", unit="case"):
+            path = work / "candidates" / f"{case_id}.npz"
+            if not path.is_file():
+                save_candidates(_predict_candidates(dataset.case(case_id), dataset.file_ending, specialist, generalist,
+                                                    settings, out, k, tested), path)
+            found = load_candidates(path)
+            samples.append(found.samples)
+            trust_seconds += found.trust_seconds
+        trust = organ_trust(samples, dataset.organ_ids) if plan else {}
         untrusted = {o: t.refusal() for o, t in trust.items() if not t.trusted}
         if untrusted:
             log.info("round %d: generalist not trusted on organs %s", k, sorted(untrusted))
-        for case_id in tqdm(case_ids, desc=f"pseudo-label round {k}", unit="case"):
+        for case_id in tqdm(order, desc=f"pseudo-label round {k}", unit="case"):
             if (done / f"{case_id}.json").is_file():
                 resumed += 1
                 continue
-            entry = _round_case(dataset.case(case_id), dataset.file_ending, specialist, generalist, settings,
-                                gate_active, out, k, store / "labels", prior, untrusted)
-            write_json(entry, done / f"{case_id}.json")
+            waiting = load_candidates(work / "candidates" / f"{case_id}.npz") if case_id in plan else None
+            write_json(run_case(dataset.case(case_id), untrusted=untrusted, candidates=waiting), done / f"{case_id}.json")
     if resumed:
         log.info("round %d resumed: %d of %d cases were already finished", k, resumed, len(case_ids))
     status = {**identity, "cases": {c: read_json(done / f"{c}.json") for c in case_ids}}
@@ -302,44 +397,46 @@ def run_round(
     return target
 
 
-def _trust_test(dataset: PartialDataset, case_ids: list[str], specialist, generalist: Generalist,
-                settings: RefineSettings, folder: Path, k: int) -> tuple[dict[int, OrganTrust], float]:
-    """The trust test of :mod:`ipnp.pseudo.trust` (empty when ``settings.trust_cases`` is 0) and the seconds
-    it took; each tested case's samples are kept in ``folder``, so that a resumed round does not predict the
-    case again."""
-    if not settings.trust_cases:
-        return {}, 0.0
-    samples, seconds = [], 0.0
-    for case_id, organs in tqdm(trust_plan(dataset, case_ids, settings.trust_cases).items(),
-                                desc=f"trust test round {k}", unit="case"):
-        path = folder / f"{case_id}.json"
-        if not path.is_file():
-            start = time.perf_counter()
-            case = dataset.case(case_id)
-            image, geometry = case.load_image()
-            ground_truth, _ = case.load_label()
-            predicted, probs = specialist.predict(image, geometry)
-            found = case_samples(image, geometry, ground_truth, predicted, probs, organs, generalist, settings)
-            write_json({"organs": {str(o): pair for o, pair in found.items()},
-                        "seconds": round(time.perf_counter() - start, 4)}, path)
-        entry = read_json(path)
-        samples.append({int(o): tuple(pair) for o, pair in entry["organs"].items()})
-        seconds += entry["seconds"]
-    return organ_trust(samples, dataset.organ_ids), seconds
-
-
-def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist, settings: RefineSettings,
-                gate_active: bool, out: str | os.PathLike, k: int, labels_dir: Path,
-                prior: PlacementPrior | None = None, untrusted: dict[int, str] | None = None) -> dict:
-    """Pseudo-label one case, write its merged labels into ``labels_dir``, and return its status entry."""
-    result = CaseResult()
+def _load_case(case: Case, file_ending: str, out: str | os.PathLike, k: int, seconds: dict[str, float]):
+    """A case's image, geometry, labels, full labels (None outside simulations) and previous pseudo-labels."""
     start = time.perf_counter()
     image, geometry = case.load_image()
     ground_truth, _ = case.load_label()
     full = case.load_full_label()[0] if case.full_label_path is not None else None
     previous = load_previous(out, k - 1, case.case_id, file_ending)
-    result.seconds["io"] += time.perf_counter() - start
-    if case.unknown:
+    seconds["io"] += time.perf_counter() - start
+    return image, geometry, ground_truth, full, previous
+
+
+def _predict_candidates(case: Case, file_ending: str, specialist, generalist: Generalist, settings: RefineSettings,
+                        out: str | os.PathLike, k: int, tested: list[int]) -> CaseCandidates:
+    """Predict a case of the trust test: its samples, and candidates for all its unknown organs (trusted or not:
+    the test is not decided yet)."""
+    seconds = dict.fromkeys(CaseResult().seconds, 0.0)
+    image, geometry, ground_truth, full, previous = _load_case(case, file_ending, out, k, seconds)
+    start = time.perf_counter()
+    predicted, probs = specialist.predict(image, geometry)
+    seconds["predict"] += time.perf_counter() - start
+    found = case_candidates(case, image, ground_truth, geometry, predicted, probs, generalist, settings,
+                            previous=previous, full_label=full, tested=tested, seconds=seconds)
+    found.seconds = seconds
+    return found
+
+
+def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist, settings: RefineSettings,
+                gate_active: bool, out: str | os.PathLike, k: int, labels_dir: Path,
+                prior: PlacementPrior | None = None, untrusted: dict[int, str] | None = None,
+                candidates: CaseCandidates | None = None) -> dict:
+    """Pseudo-label one case, write its merged labels into ``labels_dir``, and return its status entry.
+    ``candidates`` are those a trust-test case already has; other cases are predicted here."""
+    result = CaseResult()
+    image, geometry, ground_truth, full, previous = _load_case(case, file_ending, out, k, result.seconds)
+    if candidates is not None:
+        for key, value in candidates.seconds.items():
+            result.seconds[key] += value
+        merged = decide_case(case, ground_truth, geometry, candidates, settings, gate_active=gate_active, previous=previous,
+                             full_label=full, result=result, prior=prior, untrusted=untrusted)
+    elif case.unknown:
         start = time.perf_counter()
         predicted, probs = specialist.predict(image, geometry)
         result.seconds["predict"] += time.perf_counter() - start
@@ -355,6 +452,47 @@ def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist
         "organs": {str(o): asdict(v) for o, v in sorted(result.organs.items())},
         "seconds": {key: round(value, 4) for key, value in result.seconds.items()},
     }
+
+
+def save_candidates(candidates: CaseCandidates, path: Path) -> None:
+    """Store a case's candidates atomically as one .npz: masks and probabilities as arrays, the rest as JSON."""
+    arrays, organs = {}, {}
+    for organ, c in candidates.organs.items():
+        entry = {"specialist_dice": c.specialist_dice, "carried": c.carried_probability is not None}
+        if c.carried_probability is not None:
+            arrays[f"carried_{organ}"] = c.carried_probability
+        if isinstance(c.label, NoCandidate):
+            entry["none"] = asdict(c.label)
+        elif c.label is not None:
+            entry["region"] = [[r.start, r.stop] for r in c.label.region]
+            entry["entropy"] = c.label.entropy
+            arrays[f"mask_{organ}"], arrays[f"probability_{organ}"] = c.label.mask, c.label.probability
+        organs[str(organ)] = entry
+    meta = {"organs": organs, "samples": {str(o): pair for o, pair in candidates.samples.items()},
+            "image_error": candidates.image_error, "trust_seconds": candidates.trust_seconds,
+            "seconds": candidates.seconds}
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def load_candidates(path: Path) -> CaseCandidates:
+    """What :func:`save_candidates` stored."""
+    with np.load(path, allow_pickle=False) as stored:
+        meta = json.loads(str(stored["meta"]))
+        found = CaseCandidates(samples={int(o): tuple(pair) for o, pair in meta["samples"].items()},
+                               image_error=meta["image_error"], trust_seconds=meta["trust_seconds"],
+                               seconds=meta["seconds"])
+        for organ, entry in meta["organs"].items():
+            if "none" in entry:
+                label = NoCandidate(**entry["none"])
+            elif "region" in entry:
+                label = PseudoLabel(tuple(slice(*r) for r in entry["region"]), stored[f"mask_{organ}"], entry["entropy"],
+                                    stored[f"probability_{organ}"])
+            else:
+                label = None
+            carried = stored[f"carried_{organ}"] if entry["carried"] else None
+            found.organs[int(organ)] = OrganCandidate(label, entry["specialist_dice"], carried)
+    return found
 
 
 def _open_work(work: Path, identity: dict) -> None:

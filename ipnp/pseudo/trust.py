@@ -24,7 +24,7 @@ import numpy as np
 from ipnp.data.dataset import PartialDataset
 from ipnp.generalist.base import Generalist
 from ipnp.pseudo.candidate import SKIPPED, NoCandidate, dice, refined_candidate
-from ipnp.pseudo.prompts import anatomical_axes
+from ipnp.pseudo.prompts import AnatomicalAxes
 from ipnp.pseudo.refine import RefineSettings
 
 Sample = tuple[float, float]  # (Dice of the refined generalist mask, Dice of the specialist's mask)
@@ -62,19 +62,14 @@ def trust_plan(dataset: PartialDataset, case_ids: list[str], per_organ: int) -> 
     return plan
 
 
-def case_samples(image: np.ndarray, geometry, ground_truth: np.ndarray, predicted: np.ndarray, probs,
-                 organs: list[int], generalist: Generalist, settings: RefineSettings) -> dict[int, Sample]:
-    """The (generalist, specialist) Dice pair of each labelled organ of one case.
+def case_samples(ground_truth: np.ndarray, predicted: np.ndarray, probs, organs: list[int], generalist: Generalist,
+                 settings: RefineSettings, axes: AnatomicalAxes) -> dict[int, Sample]:
+    """The (generalist, specialist) Dice pair of each labelled organ of one case; the generalist's image is set.
 
     Organs absent from the case, or of which the specialist predicts nothing, give no sample. A generalist
     that fails, or whose mask refinement empties, scores 0.
     """
-    axes = anatomical_axes(geometry.direction)
     seconds = {"generalist": 0.0, "refine": 0.0}  # the round times the whole test, not its parts
-    try:
-        generalist.set_image(image[0], geometry.spacing_zyx)
-    except Exception:  # noqa: BLE001 - the case gives no evidence; the round reports the failure on its own cases
-        return {}
     samples = {}
     for organ in organs:
         truth = ground_truth == organ
