@@ -53,6 +53,7 @@ class RoundSummary:
     carried: int  # (case, organ) pairs carrying a pseudo-label after the round
     dice: list[float]  # Dice (%) of those pseudo-labels against labelsTr_full, where known
     organ_dice: dict[int, list[float]]
+    organ_precision: dict[int, list[float]]  # precision (%) of the same pseudo-labels, where recorded
     reasons: Counter  # (status, reason with numbers elided) of rejected and skipped organs
     seconds: float
     accepted: tuple[float, float] | None  # mean Dice (%) of the labels accepted this round, and of the specialist's masks
@@ -66,6 +67,7 @@ def summarize_round(k: int, status: dict) -> RoundSummary:
     """Counts, carried pseudo-labels, their Dice (overall and per organ) and reasons of one round."""
     dice: list[float] = []
     organ_dice: dict[int, list[float]] = {}
+    organ_precision: dict[int, list[float]] = {}
     reasons: Counter = Counter()
     carried, seconds = 0, status.get("trust", {}).get("seconds", 0.0)
     for entry in status["cases"].values():
@@ -79,10 +81,13 @@ def summarize_round(k: int, status: dict) -> RoundSummary:
                 if outcome["dice"] is not None:
                     dice.append(100.0 * outcome["dice"])
                     organ_dice.setdefault(int(organ), []).append(100.0 * outcome["dice"])
+                if outcome.get("precision") is not None:  # absent in rounds stored before it was recorded
+                    organ_precision.setdefault(int(organ), []).append(100.0 * outcome["precision"])
     means = accepted_dice(status)
     accepted = None if means is None else (100.0 * means[0], 100.0 * means[1])
     return RoundSummary(k, bool(status.get("entropy_gate")), status["counts"], carried, dice,
-                        dict(sorted(organ_dice.items())), reasons, seconds, accepted)
+                        dict(sorted(organ_dice.items())), dict(sorted(organ_precision.items())), reasons, seconds,
+                        accepted)
 
 
 @dataclass
@@ -262,12 +267,19 @@ def _organ_dice(run: _Run) -> list[str]:
     organs = sorted({o for r in run.rounds for o in r.organ_dice})
     if not organs:
         return ["No pseudo-label Dice: the dataset has no `labelsTr_full/` (complete labels of a simulation).", ""]
-    lines = ["Per organ: mean Dice (%) of the carried pseudo-labels (number of cases).", "",
+    lines = ["Per organ: mean Dice (%) of the carried pseudo-labels (number of cases), and after the slash their "
+             "precision (%), the share of their voxels on the organ: a pseudo-label trains where it is, so its "
+             "wrong voxels are what the specialist learns from it.", "",
              "| id | organ | " + " | ".join(f"round {r.k}" for r in run.rounds) + " |",
              "|---:|:---|" + "---:|" * len(run.rounds)]
+    def cell(r: RoundSummary, organ: int) -> str:
+        if organ not in r.organ_dice:
+            return "–"
+        precision = f" / {np.mean(r.organ_precision[organ]):.2f}" if organ in r.organ_precision else ""
+        return f"{np.mean(r.organ_dice[organ]):.2f}{precision} ({len(r.organ_dice[organ])})"
+
     for organ in organs:
-        cells = [f"{np.mean(r.organ_dice[organ]):.2f} ({len(r.organ_dice[organ])})" if organ in r.organ_dice else "–"
-                 for r in run.rounds]
+        cells = [cell(r, organ) for r in run.rounds]
         lines.append(f"| {organ} | {run.name(organ)} | " + " | ".join(cells) + " |")
     return lines + [""]
 

@@ -446,3 +446,27 @@ def test_probabilities_by_region_equal_nnunets_export(regions):
     np.testing.assert_allclose(probs[2, 4:9, :, 1:3], expected[2, 4:9, :, 1:3], atol=1e-3)
     with pytest.raises(TypeError):
         probs[1, ::2]
+
+
+def test_a_simulation_records_the_pseudo_labels_dice_and_precision():
+    """Precision counts the pseudo-label's voxels off the organ; the voxels it misses lower only the Dice."""
+    from types import SimpleNamespace
+
+    from ipnp.data.io import Geometry
+    from ipnp.pseudo.round import pseudo_label_case
+
+    shape = (10, 12, 14)
+    predicted = np.zeros(shape, np.uint8)
+    predicted[2:6, 2:8, 2:8] = 1  # 144 voxels; the box generalist answers exactly this box
+    probs = np.stack([predicted == 0, predicted == 1]).astype(np.float16)
+    full = np.zeros(shape, np.uint8)
+    full[2:6, 2:8, 2:5] = 1  # half of the box ...
+    full[7:9, 2:8, 2:8] = 1  # ... and 72 voxels outside it
+    _, result = pseudo_label_case(SimpleNamespace(unknown={1}), np.zeros((1, *shape), np.float32),
+                                  Geometry.from_spacing((1, 1, 1)), np.zeros(shape, np.uint8), predicted, probs,
+                                  BoxGeneralist(), RefineSettings(padding=0, delta=0), gate_active=False, previous={},
+                                  full_label=full)
+    outcome = result.organs[1]
+    assert outcome.voxels == 144
+    assert outcome.precision == pytest.approx(72 / 144)
+    assert outcome.dice == pytest.approx(2 * 72 / (144 + 144))

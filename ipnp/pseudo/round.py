@@ -70,6 +70,9 @@ class OrganOutcome:
     voxels: int = 0
     mean_entropy: float | None = None
     dice: float | None = None  # against labelsTr_full, when a simulation has it
+    # The share of the pseudo-label's voxels that lie on the organ in labelsTr_full. A pseudo-label trains only
+    # where it is (positive evidence), so its wrong voxels, not the ones it misses, are what the specialist learns.
+    precision: float | None = None
     # The specialist's own mask of the organ (its argmax, on voxels free in the ground truth) against
     # labelsTr_full: what the pseudo-label would be without the generalist, so the two Dice show its gain.
     specialist_dice: float | None = None
@@ -202,7 +205,9 @@ def decide_case(
                                     candidates.image_error or untrusted.get(organ), offset)
         outcome.specialist_dice = candidate.specialist_dice
         if full_label is not None and label is not None:
+            truth = full_label[label.region] == organ
             outcome.dice = dice(label.mask, full_label == organ, label.region)
+            outcome.precision = int((label.mask & truth).sum()) / label.voxels if label.voxels else None
         if label is not None:
             pseudo[organ] = label
         result.organs[organ] = outcome
