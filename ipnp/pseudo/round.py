@@ -134,8 +134,8 @@ class CaseCandidates:
 def case_candidates(
     case: Case,
     image: np.ndarray,
-    ground_truth: np.ndarray,
     geometry: Geometry,
+    ground_truth: np.ndarray,
     predicted: np.ndarray,
     probs,
     generalist: Generalist,
@@ -144,7 +144,7 @@ def case_candidates(
     previous: dict[int, PseudoLabel],
     full_label: np.ndarray | None = None,
     refused: Collection[int] = (),
-    tested: list[int] = (),
+    tested: Collection[int] = (),
     seconds: dict[str, float],
 ) -> CaseCandidates:
     """Prompt the generalist for each unknown organ not ``refused`` and refine its answers; score the ``tested``
@@ -176,8 +176,8 @@ def case_candidates(
 
 def decide_case(
     case: Case,
-    ground_truth: np.ndarray,
     geometry: Geometry,
+    ground_truth: np.ndarray,
     candidates: CaseCandidates,
     settings: RefineSettings,
     *,
@@ -252,10 +252,10 @@ def pseudo_label_case(
     round to the reason (:mod:`ipnp.pseudo.trust`); the generalist is not asked about them.
     """
     result = result or CaseResult()
-    candidates = case_candidates(case, image, ground_truth, geometry, predicted, probs, generalist, settings,
+    candidates = case_candidates(case, image, geometry, ground_truth, predicted, probs, generalist, settings,
                                  previous=previous, full_label=full_label, refused=set(untrusted or ()),
                                  seconds=result.seconds)
-    merged = decide_case(case, ground_truth, geometry, candidates, settings, gate_active=gate_active,
+    merged = decide_case(case, geometry, ground_truth, candidates, settings, gate_active=gate_active,
                          previous=previous, full_label=full_label, result=result, prior=prior, untrusted=untrusted)
     return merged, result
 
@@ -422,7 +422,7 @@ def _predict_candidates(case: Case, file_ending: str, specialist, generalist: Ge
     start = time.perf_counter()
     predicted, probs = specialist.predict(image, geometry)
     seconds["predict"] += time.perf_counter() - start
-    found = case_candidates(case, image, ground_truth, geometry, predicted, probs, generalist, settings,
+    found = case_candidates(case, image, geometry, ground_truth, predicted, probs, generalist, settings,
                             previous=previous, full_label=full, tested=tested, seconds=seconds)
     found.seconds = seconds
     return found
@@ -439,7 +439,7 @@ def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist
     if candidates is not None:
         for key, value in candidates.seconds.items():
             result.seconds[key] += value
-        merged = decide_case(case, ground_truth, geometry, candidates, settings, gate_active=gate_active, previous=previous,
+        merged = decide_case(case, geometry, ground_truth, candidates, settings, gate_active=gate_active, previous=previous,
                              full_label=full, result=result, prior=prior, untrusted=untrusted)
     elif case.unknown:
         start = time.perf_counter()

@@ -17,6 +17,7 @@ lack the organ: the test leans towards not trusting the generalist.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,8 +63,8 @@ def trust_plan(dataset: PartialDataset, case_ids: list[str], per_organ: int) -> 
     return plan
 
 
-def case_samples(ground_truth: np.ndarray, predicted: np.ndarray, probs, organs: list[int], generalist: Generalist,
-                 settings: RefineSettings, axes: AnatomicalAxes) -> dict[int, Sample]:
+def case_samples(ground_truth: np.ndarray, predicted: np.ndarray, probs, organs: Collection[int],
+                 generalist: Generalist, settings: RefineSettings, axes: AnatomicalAxes) -> dict[int, Sample]:
     """The (generalist, specialist) Dice pair of each labelled organ of one case; the generalist's image is set.
 
     Organs absent from the case, or of which the specialist predicts nothing, give no sample. A generalist
