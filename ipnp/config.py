@@ -6,7 +6,7 @@ reported without the file it started from.
 
 Default round schedule: the paper refreshes pseudo-labels after epochs 50, 150, 350 and 450 of 1000
 (Fig. 3), i.e. at 5 %, 15 %, 35 % and 45 % of training. The ``default`` profile keeps those fractions of
-its epochs; the short CPU schedule of ``quick`` pseudo-labels at 60 %, 70 % and 80 % instead, because 5 % of
+its epochs; the short CPU schedule of ``quick`` pseudo-labels at 70 %, 80 % and 90 % instead, because 5 % of
 a few hundred steps leaves the specialist predicting nothing useful (see ``ipnp.specialist.profiles``).
 ``rounds.at`` sets other fractions and ``rounds.epochs`` absolute epochs. The entropy gate is active from
 round 3: the paper activates it "only in later iterations", so that early pseudo-labels may grow while the
