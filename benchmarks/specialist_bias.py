@@ -27,10 +27,10 @@ GROUPS = ("labelled", "unlabelled", "test")
 
 def score(mask: np.ndarray, truth: np.ndarray) -> tuple[float, float | None]:
     """Dice and precision (None for an empty mask) of a predicted mask."""
-    overlap = int((mask & truth).sum())
+    from ipnp.pseudo.candidate import dice
+
     voxels = int(mask.sum())
-    total = voxels + int(truth.sum())
-    return (1.0 if total == 0 else 2.0 * overlap / total), (overlap / voxels if voxels else None)
+    return dice(mask, truth), (int((mask & truth).sum()) / voxels if voxels else None)
 
 
 def main() -> None:

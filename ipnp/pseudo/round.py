@@ -205,9 +205,9 @@ def decide_case(
                                     candidates.image_error or untrusted.get(organ), offset)
         outcome.specialist_dice = candidate.specialist_dice
         if full_label is not None and label is not None:
-            truth = full_label[label.region] == organ
-            outcome.dice = dice(label.mask, full_label == organ, label.region)
-            outcome.precision = int((label.mask & truth).sum()) / label.voxels if label.voxels else None
+            truth = full_label == organ
+            outcome.dice = dice(label.mask, truth, label.region)
+            outcome.precision = int((label.mask & truth[label.region]).sum()) / label.voxels if label.voxels else None
         if label is not None:
             pseudo[organ] = label
         result.organs[organ] = outcome
@@ -371,9 +371,9 @@ def run_round(
             if not path.is_file():
                 save_candidates(_predict_candidates(dataset.case(case_id), dataset.file_ending, specialist, generalist,
                                                     settings, out, k, tested), path)
-            found = load_candidates(path)
-            samples.append(found.samples)
-            trust_seconds += found.trust_seconds
+            found, seconds = load_trust_samples(path)
+            samples.append(found)
+            trust_seconds += seconds
         trust = organ_trust(samples, dataset.organ_ids) if plan else {}
         untrusted = {o: t.refusal() for o, t in trust.items() if not t.trusted}
         if untrusted:
@@ -402,10 +402,12 @@ def run_round(
     return target
 
 
-def _load_case(case: Case, file_ending: str, out: str | os.PathLike, k: int, seconds: dict[str, float]):
-    """A case's image, geometry, labels, full labels (None outside simulations) and previous pseudo-labels."""
+def _load_case(case: Case, file_ending: str, out: str | os.PathLike, k: int, seconds: dict[str, float],
+               with_image: bool = True):
+    """A case's image (None unless ``with_image``: only a prediction needs it), geometry, labels, full labels
+    (None outside simulations) and previous pseudo-labels."""
     start = time.perf_counter()
-    image, geometry = case.load_image()
+    image, geometry = case.load_image() if with_image else (None, case.geometry)
     ground_truth, _ = case.load_label()
     full = case.load_full_label()[0] if case.full_label_path is not None else None
     previous = load_previous(out, k - 1, case.case_id, file_ending)
@@ -435,13 +437,14 @@ def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist
     """Pseudo-label one case, write its merged labels into ``labels_dir``, and return its status entry.
     ``candidates`` are those a trust-test case already has; other cases are predicted here."""
     result = CaseResult()
-    image, geometry, ground_truth, full, previous = _load_case(case, file_ending, out, k, result.seconds)
+    predicting = candidates is None and bool(case.unknown)
+    image, geometry, ground_truth, full, previous = _load_case(case, file_ending, out, k, result.seconds, predicting)
     if candidates is not None:
         for key, value in candidates.seconds.items():
             result.seconds[key] += value
         merged = decide_case(case, geometry, ground_truth, candidates, settings, gate_active=gate_active, previous=previous,
                              full_label=full, result=result, prior=prior, untrusted=untrusted)
-    elif case.unknown:
+    elif predicting:
         start = time.perf_counter()
         predicted, probs = specialist.predict(image, geometry)
         result.seconds["predict"] += time.perf_counter() - start
@@ -480,13 +483,24 @@ def save_candidates(candidates: CaseCandidates, path: Path) -> None:
         np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays)
 
 
+def _samples(meta: dict) -> dict[int, Sample]:
+    return {int(o): tuple(pair) for o, pair in meta["samples"].items()}
+
+
+def load_trust_samples(path: Path) -> tuple[dict[int, Sample], float]:
+    """The trust samples stored by :func:`save_candidates` and the seconds they took; no mask is read (an .npz
+    decompresses only the members asked for)."""
+    with np.load(path, allow_pickle=False) as stored:
+        meta = json.loads(str(stored["meta"]))
+    return _samples(meta), meta["trust_seconds"]
+
+
 def load_candidates(path: Path) -> CaseCandidates:
     """What :func:`save_candidates` stored."""
     with np.load(path, allow_pickle=False) as stored:
         meta = json.loads(str(stored["meta"]))
-        found = CaseCandidates(samples={int(o): tuple(pair) for o, pair in meta["samples"].items()},
-                               image_error=meta["image_error"], trust_seconds=meta["trust_seconds"],
-                               seconds=meta["seconds"])
+        found = CaseCandidates(samples=_samples(meta), image_error=meta["image_error"],
+                               trust_seconds=meta["trust_seconds"], seconds=meta["seconds"])
         for organ, entry in meta["organs"].items():
             if "none" in entry:
                 label = NoCandidate(**entry["none"])
