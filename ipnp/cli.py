@@ -89,10 +89,9 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     dataset = require_valid(args.dataset)
     specialist = Specialist(args.model, device=args.device)
     checks = {} if args.position_check is None else {"position_check": args.position_check}
-    if args.max_entropy is not None:
-        checks["max_entropy"] = args.max_entropy
-    if args.trust_cases is not None:
-        checks["trust_cases"] = args.trust_cases
+    for name in ("max_entropy", "trust_cases", "trust_precision"):
+        if getattr(args, name) is not None:
+            checks[name] = getattr(args, name)
     with _generalist(args) as generalist:
         folder = run_round(dataset, specialist, generalist, args.out, args.round,
                            RefineSettings(padding=args.padding, tau=args.tau, delta=args.delta,
@@ -271,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trust-cases", type=int,
                    help="test the generalist on up to N labelled cases per organ and pseudo-label only the organs "
                         "where it beats the specialist's own masks (ipnp's addition; default: 5; 0: the paper's rule)")
+    p.add_argument("--trust-precision", type=float,
+                   help="the trust test also needs the refined masks' mean precision to reach this share (ipnp's "
+                        "addition; default: refine.trust_precision's default)")
     _add_generalist_options(p)
     p.set_defaults(func=_cmd_pseudo_label)
 

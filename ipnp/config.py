@@ -106,7 +106,7 @@ _SCALARS = {
     "profile": str, "epochs": int, "iterations_per_epoch": int, "device": str, "vls": bool, "seed": int,
     "rounds.at": list, "rounds.epochs": list, "rounds.gate_from_round": int,
     "refine.padding": int, "refine.tau": float, "refine.delta": int, "refine.largest_component": bool,
-    "refine.position_check": bool, "refine.max_entropy": float, "refine.trust_cases": int,
+    "refine.position_check": bool, "refine.max_entropy": float, "refine.trust_cases": int, "refine.trust_precision": float,
     "generalist.name": str, "generalist.model_dir": str, "generalist.server_url": str, "generalist.device": str,
     "generalist.retries": int, "generalist.read_timeout_s": float,
 }

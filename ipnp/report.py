@@ -291,13 +291,15 @@ def _trust(run: _Run) -> list[str]:
         return []
     organs = sorted({int(o) for t in tests.values() for o in t})
     lines = ["Trust test (`refine.trust_cases`): on labelled training cases, mean Dice (%) of the generalist's refined "
-             "masks / of the specialist's own masks (cases); **not trusted** organs got no new pseudo-label that round.",
+             "masks / of the specialist's own masks, and the refined masks' precision (%) (cases); **not trusted** "
+             "organs got no new pseudo-label that round.",
              "", "| id | organ | " + " | ".join(f"round {k}" for k in tests) + " |", "|---:|:---|" + "---:|" * len(tests)]
 
     def cell(t: dict | None) -> str:
         if t is None or not t["cases"]:
             return "–"
-        text = f"{100 * t['generalist_dice']:.1f} / {100 * t['specialist_dice']:.1f} ({t['cases']})"
+        precision = f", precision {100 * t['generalist_precision']:.1f}" if "generalist_precision" in t else ""
+        text = f"{100 * t['generalist_dice']:.1f} / {100 * t['specialist_dice']:.1f}{precision} ({t['cases']})"
         return text if t["trusted"] else f"**not trusted** {text}"
 
     for organ in organs:

@@ -27,12 +27,14 @@ def test_default_schedule_keeps_the_papers_fractions_of_training():
 def test_file_values_and_overrides_reach_the_config(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"profile": "tiny", "epochs": 6, "rounds": {"epochs": [2, 4], "gate_from_round": 2},
-                                    "refine": {"tau": 0.5, "max_entropy": 1, "trust_cases": 3}, "vls": False}))
+                                    "refine": {"tau": 0.5, "max_entropy": 1, "trust_cases": 3, "trust_precision": 0.9},
+                                    "vls": False}))
     config = load_config(path, **{"generalist.name": "nninteractive", "epochs": None})
     assert config.round_epochs() == [2, 4] and config.rounds.gate_from_round == 2
     assert config.refine.tau == 0.5 and config.refine.padding == 6 and not config.vls
     assert config.refine.max_entropy == 1.0 and RunConfig().refine.max_entropy is None
     assert config.refine.trust_cases == 3 and RunConfig().refine.trust_cases == 5
+    assert config.refine.trust_precision == 0.9
     assert config.generalist.name == "nninteractive" and config.total_epochs == 6
     # The saved form reads back to the same configuration.
     assert parse_config(yaml.safe_load(dump_config(config))) == config
@@ -57,6 +59,7 @@ def test_remote_generalist_settings_reach_its_client(monkeypatch):
         ({"refine": {"delta": -1}}, "refine.delta -1: must not be negative"),
         ({"refine": {"max_entropy": -0.5}}, "refine.max_entropy -0.5: must be positive"),
         ({"refine": {"trust_cases": -1}}, "refine.trust_cases -1: must not be negative"),
+        ({"refine": {"trust_precision": 1.5}}, "refine.trust_precision 1.5: must lie in [0, 1]"),
         ({"epochs": 0}, "epochs: 0 must be at least 1"),
         ({"seed": -1}, "seed: -1 must not be negative"),
         ({"epochs": "ten"}, "epochs: expected int"),

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from ipnp.pseudo.prompts import box_prompts, largest_component
 from ipnp.pseudo.refine import RefineSettings
@@ -117,9 +118,44 @@ def test_each_case_is_predicted_once_and_a_resumed_round_does_not_predict_a_test
 
 
 def test_an_organ_without_samples_is_trusted():
-    assert OrganTrust(0, None, None).trusted
-    assert not OrganTrust(3, 0.5, 0.6).trusted and OrganTrust(3, 0.6, 0.6).trusted
-    assert "0.500 against the specialist's 0.600 on 3 labelled cases" in OrganTrust(3, 0.5, 0.6).refusal()
+    assert OrganTrust(0, None, None, None, min_precision=0.9).trusted
+    assert not OrganTrust(3, 0.5, 0.6, 1.0).trusted and OrganTrust(3, 0.6, 0.6, 0.0).trusted
+    assert "Dice 0.500 against the specialist's 0.600 on 3 labelled cases" in OrganTrust(3, 0.5, 0.6, 1.0).refusal()
+    imprecise = OrganTrust(3, 0.7, 0.6, 0.8, min_precision=0.9)
+    assert not imprecise.trusted and "precision 0.800 below 0.90 on 3 labelled cases" in imprecise.refusal()
+
+
+class SwellingSpecialist(StandInSpecialist):
+    """Predicts the complete label, but ``organ`` grown into the background around it by ``grow`` voxels."""
+
+    def __init__(self, dataset, organ, grow=2):
+        super().__init__(dataset)
+        for labels in self.full.values():
+            swollen = ndimage.binary_dilation(labels == organ, iterations=grow) & (labels == 0)
+            labels[swollen] = organ
+
+
+@pytest.mark.parametrize("min_precision", [0.0, 0.9])
+def test_an_organ_whose_refined_masks_are_imprecise_is_trusted_only_below_the_precision_floor(simulated, tmp_path,
+                                                                                              min_precision):
+    # The generalist answers the whole ROI, so refinement keeps the specialist's swollen mask: as good as the
+    # specialist's own by Dice, but about half of it lies on background.
+    ds = simulated
+    swollen = ds.organ_ids[0]
+    specialist = SwellingSpecialist(ds, swollen)
+    out = run_round(ds, specialist, BoxGeneralist(), tmp_path / "run", 1,
+                    RefineSettings(trust_cases=2, trust_precision=min_precision))
+    trust = json.loads((out / "pseudo_status.json").read_text())["trust"]["organs"]
+    imprecise = trust[str(swollen)]
+    tested = [c for c, organs in trust_plan(ds, ds.training_ids, 2).items() if swollen in organs]
+    expected = np.mean([(ds.case(c).load_full_label()[0] == swollen).sum() / (specialist.full[c] == swollen).sum()
+                        for c in tested])
+    assert imprecise["cases"] == len(tested) and expected < 0.9
+    assert imprecise["generalist_precision"] == pytest.approx(expected)
+    assert imprecise["generalist_dice"] == pytest.approx(imprecise["specialist_dice"])
+    assert imprecise["trusted"] is (min_precision == 0.0)
+    for organ in ds.organ_ids[1:]:
+        assert trust[str(organ)]["generalist_precision"] == pytest.approx(1.0) and trust[str(organ)]["trusted"]
 
 
 def test_the_report_shows_the_trust_test_per_organ_and_round(simulated, tmp_path):
@@ -139,7 +175,8 @@ def test_the_report_shows_the_trust_test_per_organ_and_round(simulated, tmp_path
     table = report.split("Trust test (`refine.trust_cases`)")[1].split("\n\n")[1]
     for organ in ds.organ_ids:
         t = trust[str(organ)]
-        cell = f"{100 * t['generalist_dice']:.1f} / {100 * t['specialist_dice']:.1f} ({t['cases']})"
+        cell = (f"{100 * t['generalist_dice']:.1f} / {100 * t['specialist_dice']:.1f}, precision "
+                f"{100 * t['generalist_precision']:.1f} ({t['cases']})")
         [row] = [line for line in table.splitlines() if line.startswith(f"| {organ} | ")]
         assert row.split("|")[3].strip() == (cell if organ != blind else f"**not trusted** {cell}")
     assert "| 1 | rejected | generalist not trusted on this organ" in report

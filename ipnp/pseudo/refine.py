@@ -45,6 +45,10 @@ class RefineSettings:
     its refined masks score at least the specialist's own Dice (:mod:`ipnp.pseudo.trust`). Without it, an organ
     the generalist segments worse than the specialist gets pseudo-labels that teach the specialist a worse
     version of its own prediction (BENCHMARKS.md, session 8).
+
+    ``trust_precision`` (ipnp's addition): the trust test also requires the refined masks' mean precision on the
+    labelled cases to reach this share. A pseudo-label is positive evidence: the specialist learns its wrong
+    voxels (BENCHMARKS.md, session 9).
     """
 
     padding: int = 6
@@ -54,10 +58,13 @@ class RefineSettings:
     position_check: bool = True
     max_entropy: float | None = None
     trust_cases: int = 5
+    trust_precision: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.tau <= 1.0:
             raise IpnpError(f"tau {self.tau}: must lie in [0, 1]")
+        if not 0.0 <= self.trust_precision <= 1.0:
+            raise IpnpError(f"trust_precision {self.trust_precision}: must lie in [0, 1]")
         if self.max_entropy is not None and not self.max_entropy > 0:
             raise IpnpError(f"max_entropy {self.max_entropy}: must be positive (or null for no ceiling)")
         for name in ("padding", "delta", "trust_cases"):

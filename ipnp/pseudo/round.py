@@ -374,7 +374,7 @@ def run_round(
             found, seconds = load_trust_samples(path)
             samples.append(found)
             trust_seconds += seconds
-        trust = organ_trust(samples, dataset.organ_ids) if plan else {}
+        trust = organ_trust(samples, dataset.organ_ids, settings.trust_precision) if plan else {}
         untrusted = {o: t.refusal() for o, t in trust.items() if not t.trusted}
         if untrusted:
             log.info("round %d: generalist not trusted on organs %s", k, sorted(untrusted))

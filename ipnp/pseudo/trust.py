@@ -7,9 +7,15 @@ loses to the specialist on the phantoms' oesophagus and pancreas and wins on the
 measures it per organ and round, on the training cases whose true labels include the organ: prompts from
 the specialist's prediction, the generalist, refinement (τ, ROI, the voxels not labelled as another organ),
 and the Dice of the result against the true label beside the Dice of the specialist's argmax mask on the
-same voxels. An organ whose refined masks score lower on average is not pseudo-labelled in that round: it
+same voxels, and the refined masks' precision. An organ whose refined masks score lower Dice on average, or
+whose mean precision is below ``RefineSettings.trust_precision``, is not pseudo-labelled in that round: it
 stays unknown, or keeps the pseudo-label an earlier round accepted. Where no labelled case gives a
 sample, the organ is trusted, as the paper trusts every organ.
+
+Why precision too: a pseudo-label is positive evidence, so the specialist learns its wrong voxels, not the
+ones it misses. On phantoms at 33 % the organs whose carried pseudo-labels were at least 90 % precise came
+out even with or ahead of the same trainer without rounds, and the imprecise ones cost the most (BENCHMARKS.md,
+session 9: bladder 0.67, right adrenal gland 0.08, which passed the Dice comparison at 0.35 against 0.33).
 
 The specialist was trained on these labels, so its own masks score higher here than on the cases that
 lack the organ (phantoms at 33 %, the final `marginal` specialist: mean Dice 0.72–0.75 against 0.64–0.66;
@@ -29,25 +35,33 @@ from ipnp.pseudo.candidate import SKIPPED, NoCandidate, dice, refined_candidate
 from ipnp.pseudo.prompts import AnatomicalAxes
 from ipnp.pseudo.refine import RefineSettings
 
-Sample = tuple[float, float]  # (Dice of the refined generalist mask, Dice of the specialist's mask)
+# (Dice of the refined generalist mask, Dice of the specialist's mask, precision of the refined generalist mask)
+Sample = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
 class OrganTrust:
-    """An organ's trust test: mean Dice of the refined generalist masks and of the specialist's masks."""
+    """An organ's trust test: mean Dice of the refined generalist masks and of the specialist's masks, the refined
+    masks' mean precision, and the precision they need (``min_precision``)."""
 
     cases: int
     generalist_dice: float | None
     specialist_dice: float | None
+    generalist_precision: float | None
+    min_precision: float = 0.0
 
     @property
     def trusted(self) -> bool:
-        return self.cases == 0 or self.generalist_dice >= self.specialist_dice
+        return self.cases == 0 or (self.generalist_dice >= self.specialist_dice
+                                   and self.generalist_precision >= self.min_precision)
 
     def refusal(self) -> str:
         """The rejection reason for an untrusted organ's pseudo-labels."""
-        return (f"generalist not trusted on this organ: refined masks Dice {self.generalist_dice:.3f} against the "
-                f"specialist's {self.specialist_dice:.3f} on {self.cases} labelled cases")
+        if self.generalist_dice < self.specialist_dice:
+            why = f"Dice {self.generalist_dice:.3f} against the specialist's {self.specialist_dice:.3f}"
+        else:
+            why = f"precision {self.generalist_precision:.3f} below {self.min_precision:.2f}"
+        return f"generalist not trusted on this organ: refined masks {why} on {self.cases} labelled cases"
 
 
 def trust_plan(dataset: PartialDataset, case_ids: list[str], per_organ: int) -> dict[str, list[int]]:
@@ -66,10 +80,10 @@ def trust_plan(dataset: PartialDataset, case_ids: list[str], per_organ: int) -> 
 
 def case_samples(ground_truth: np.ndarray, predicted: np.ndarray, probs, organs: Collection[int],
                  generalist: Generalist, settings: RefineSettings, axes: AnatomicalAxes) -> dict[int, Sample]:
-    """The (generalist, specialist) Dice pair of each labelled organ of one case; the generalist's image is set.
+    """The :data:`Sample` of each labelled organ of one case; the generalist's image is set.
 
     Organs absent from the case, or of which the specialist predicts nothing, give no sample. A generalist
-    that fails, or whose mask refinement empties, scores 0.
+    that fails, or whose mask refinement empties, scores 0 Dice and 0 precision.
     """
     seconds = {"generalist": 0.0, "refine": 0.0}  # the round times the whole test, not its parts
     samples = {}
@@ -81,16 +95,20 @@ def case_samples(ground_truth: np.ndarray, predicted: np.ndarray, probs, organs:
         label = refined_candidate(organ, predicted, probs, generalist, settings, axes, allowed, seconds)
         if isinstance(label, NoCandidate) and label.status == SKIPPED:
             continue
-        generalist_dice = 0.0 if isinstance(label, NoCandidate) else dice(label.mask, truth, label.region)
-        samples[organ] = (generalist_dice, dice((predicted == organ) & allowed, truth))
+        specialist_dice = dice((predicted == organ) & allowed, truth)
+        if isinstance(label, NoCandidate) or not label.voxels:
+            samples[organ] = (0.0, specialist_dice, 0.0)
+        else:
+            on_organ = int((label.mask & truth[label.region]).sum())
+            samples[organ] = (2.0 * on_organ / (label.voxels + int(truth.sum())), specialist_dice, on_organ / label.voxels)
     return samples
 
 
-def organ_trust(samples: list[dict[int, Sample]], organ_ids) -> dict[int, OrganTrust]:
+def organ_trust(samples: list[dict[int, Sample]], organ_ids, min_precision: float = 0.0) -> dict[int, OrganTrust]:
     """Each organ's trust test from the per-case samples."""
     trust = {}
     for organ in organ_ids:
-        pairs = [s[organ] for s in samples if organ in s]
-        means = [float(np.mean(d)) for d in zip(*pairs)] if pairs else [None, None]
-        trust[organ] = OrganTrust(len(pairs), *means)
+        found = [s[organ] for s in samples if organ in s]
+        means = [float(np.mean(d)) for d in zip(*found)] if found else [None, None, None]
+        trust[organ] = OrganTrust(len(found), *means, min_precision=min_precision)
     return trust
