@@ -33,6 +33,14 @@ def dice(mask: np.ndarray, reference: np.ndarray, region: Region | None = None) 
     return 1.0 if total == 0 else 2.0 * int((mask & inside).sum()) / total
 
 
+def label_scores(label: PseudoLabel, truth: np.ndarray) -> tuple[float, float | None]:
+    """Dice of a pseudo-label against the organ's ``truth`` mask (whole volume), and its precision: the share of
+    its voxels on the organ (None for an empty label)."""
+    on_organ = int((label.mask & truth[label.region]).sum())
+    total = label.voxels + int(truth.sum())
+    return (1.0 if total == 0 else 2.0 * on_organ / total), (on_organ / label.voxels if label.voxels else None)
+
+
 def failure(what: str, exc: Exception) -> str:
     """A one-line reason for a generalist's exception."""
     return f"{what}: {type(exc).__name__}: {exc}".splitlines()[0]

@@ -49,7 +49,8 @@ from ipnp.data.dataset import Case, PartialDataset, read_label
 from ipnp.data.io import Geometry, atomic_path, read_json, refuse_output_inside, write_image, write_json
 from ipnp.errors import IpnpError
 from ipnp.generalist.base import Generalist
-from ipnp.pseudo.candidate import ACCEPTED, REJECTED, SKIPPED, NoCandidate, dice, failure, refined_candidate
+from ipnp.pseudo.candidate import (ACCEPTED, REJECTED, SKIPPED, NoCandidate, dice, failure, label_scores,
+                                   refined_candidate)
 from ipnp.pseudo.placement import PlacementPrior, placement
 from ipnp.pseudo.prompts import anatomical_axes
 from ipnp.pseudo.refine import PseudoLabel, RefineSettings
@@ -205,9 +206,7 @@ def decide_case(
                                     candidates.image_error or untrusted.get(organ), offset)
         outcome.specialist_dice = candidate.specialist_dice
         if full_label is not None and label is not None:
-            truth = full_label == organ
-            outcome.dice = dice(label.mask, truth, label.region)
-            outcome.precision = int((label.mask & truth[label.region]).sum()) / label.voxels if label.voxels else None
+            outcome.dice, outcome.precision = label_scores(label, full_label == organ)
         if label is not None:
             pseudo[organ] = label
         result.organs[organ] = outcome

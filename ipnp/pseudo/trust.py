@@ -31,7 +31,7 @@ import numpy as np
 
 from ipnp.data.dataset import PartialDataset
 from ipnp.generalist.base import Generalist
-from ipnp.pseudo.candidate import SKIPPED, NoCandidate, dice, refined_candidate
+from ipnp.pseudo.candidate import SKIPPED, NoCandidate, dice, label_scores, refined_candidate
 from ipnp.pseudo.prompts import AnatomicalAxes
 from ipnp.pseudo.refine import RefineSettings
 
@@ -95,12 +95,8 @@ def case_samples(ground_truth: np.ndarray, predicted: np.ndarray, probs, organs:
         label = refined_candidate(organ, predicted, probs, generalist, settings, axes, allowed, seconds)
         if isinstance(label, NoCandidate) and label.status == SKIPPED:
             continue
-        specialist_dice = dice((predicted == organ) & allowed, truth)
-        if isinstance(label, NoCandidate) or not label.voxels:
-            samples[organ] = (0.0, specialist_dice, 0.0)
-        else:
-            on_organ = int((label.mask & truth[label.region]).sum())
-            samples[organ] = (2.0 * on_organ / (label.voxels + int(truth.sum())), specialist_dice, on_organ / label.voxels)
+        generalist_dice, precision = (0.0, None) if isinstance(label, NoCandidate) else label_scores(label, truth)
+        samples[organ] = (generalist_dice, dice((predicted == organ) & allowed, truth), precision or 0.0)
     return samples
 
 
