@@ -90,7 +90,7 @@ def main() -> None:
 def compare_components(run: Path, n_cases: int) -> None:
     from ipnp.config import parse_config
     from ipnp.loop import make_generalist_for
-    from ipnp.pseudo.round import pseudo_label_case
+    from ipnp.pseudo.round import RoundCase, pseudo_label_case
 
     raw = yaml.safe_load((run / "config.yaml").read_text())
     dataset = PartialDataset(raw.pop("dataset"))
@@ -105,9 +105,9 @@ def compare_components(run: Path, n_cases: int) -> None:
         full, _ = case.load_full_label()
         predicted, probs = specialist.predict(image, geometry)
         outcomes = [
-            pseudo_label_case(case, image, geometry, label, predicted, probs, generalist,
-                              replace(config.refine, largest_component=largest), gate_active=False, previous={},
-                              full_label=full)[1].organs
+            pseudo_label_case(RoundCase(case_id, case.unknown, geometry, label, full_label=full, image=image,
+                                        predicted=predicted, probs=probs),
+                              generalist, replace(config.refine, largest_component=largest), gate_active=False)[1].organs
             for largest in (True, False)
         ]
         for organ in sorted(case.unknown):

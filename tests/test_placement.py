@@ -1,7 +1,6 @@
 """The position check of pseudo-labels: organ placements in mm, the prior from labelled cases, and its use in a round."""
 
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from ipnp.data.io import Geometry
 from ipnp.data.partial import simulate_partial_labels
 from ipnp.pseudo.placement import Placement, PlacementPrior, label_placements, placement
 from ipnp.pseudo.refine import PseudoLabel, RefineSettings
-from ipnp.pseudo.round import ACCEPTED, REJECTED, pseudo_label_case, run_round
+from ipnp.pseudo.round import ACCEPTED, REJECTED, RoundCase, pseudo_label_case, run_round
 from test_pseudo import BoxGeneralist, StandInSpecialist
 
 
@@ -104,9 +103,9 @@ def test_a_pseudo_label_in_the_wrong_place_is_refused_and_a_previous_one_kept():
         predicted = np.zeros(shape, np.uint8)
         predicted[predicted_box] = 1
         probs = np.stack([predicted == 0, predicted == 1, np.zeros(shape, bool)]).astype(np.float16) * 0.98 + 0.01
-        return pseudo_label_case(SimpleNamespace(case_id="case", unknown={1}), np.zeros((1, *shape), np.float32), geometry,
-                                 ground_truth, predicted, probs, BoxGeneralist(), RefineSettings(padding=0, delta=0),
-                                 gate_active=False, previous=previous, prior=prior)
+        case = RoundCase("case", {1}, geometry, ground_truth, previous, image=np.zeros((1, *shape), np.float32),
+                         predicted=predicted, probs=probs)
+        return pseudo_label_case(case, BoxGeneralist(), RefineSettings(padding=0, delta=0), gate_active=False, prior=prior)
 
     merged, result = run((slice(6, 10), slice(6, 10), slice(6, 10)), {})  # 8 voxels above organ 2
     outcome = result.organs[1]

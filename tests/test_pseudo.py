@@ -295,10 +295,8 @@ def test_largest_component_keeps_the_biggest_object_only():
 @pytest.mark.parametrize("largest", [True, False])
 def test_a_stray_speck_of_the_prediction_does_not_stretch_the_prompts(largest):
     """The boxes frame the organ, not a false-positive voxel far from it, unless the paper's rule is asked for."""
-    from types import SimpleNamespace
-
     from ipnp.data.io import Geometry
-    from ipnp.pseudo.round import pseudo_label_case
+    from ipnp.pseudo.round import RoundCase, pseudo_label_case
 
     shape = (16, 16, 16)
     predicted = np.zeros(shape, np.uint8)
@@ -306,19 +304,18 @@ def test_a_stray_speck_of_the_prediction_does_not_stretch_the_prompts(largest):
     predicted[5, 14, 14] = 1  # on the axial median slice (z = 5)
     probs = np.stack([predicted == 0, predicted == 1]).astype(np.float16)
     generalist = BoxGeneralist()
-    pseudo_label_case(SimpleNamespace(unknown={1}), np.zeros((1, *shape), np.float32), Geometry.from_spacing((1, 1, 1)),
-                      np.zeros(shape, np.uint8), predicted, probs, generalist,
-                      RefineSettings(padding=0, delta=0, largest_component=largest), gate_active=False, previous={})
+    case = RoundCase("case", {1}, Geometry.from_spacing((1, 1, 1)), np.zeros(shape, np.uint8),
+                     image=np.zeros((1, *shape), np.float32), predicted=predicted, probs=probs)
+    pseudo_label_case(case, generalist, RefineSettings(padding=0, delta=0, largest_component=largest), gate_active=False)
     (prompts,) = generalist.calls
     assert prompts.axial.bounds[2] == ((3, 9) if largest else (3, 15))
 
 
 def test_where_pseudo_labels_overlap_the_higher_probability_wins_even_for_a_carried_one():
-    from types import SimpleNamespace
 
     from ipnp.data.io import Geometry
     from ipnp.pseudo.refine import PseudoLabel
-    from ipnp.pseudo.round import pseudo_label_case
+    from ipnp.pseudo.round import RoundCase, pseudo_label_case
 
     shape = (10, 12, 14)
     predicted = np.zeros(shape, np.uint8)
@@ -333,14 +330,12 @@ def test_where_pseudo_labels_overlap_the_higher_probability_wins_even_for_a_carr
     probs = probs.astype(np.float16)
     ground_truth = np.zeros(shape, np.uint8)
     ground_truth[:, 10:, :] = 3  # a true label is never overwritten
-    case = SimpleNamespace(unknown={1, 2})
     settings = RefineSettings(padding=0, tau=0.4, delta=0)
 
     def run(previous, gate):
-        merged, result = pseudo_label_case(case, np.zeros((1, *shape), np.float32), Geometry.from_spacing((1, 1, 1)),
-                                           ground_truth, predicted, probs, BoxGeneralist(), settings,
-                                           gate_active=gate, previous=previous)
-        return merged, result
+        case = RoundCase("case", {1, 2}, Geometry.from_spacing((1, 1, 1)), ground_truth, previous,
+                         image=np.zeros((1, *shape), np.float32), predicted=predicted, probs=probs)
+        return pseudo_label_case(case, BoxGeneralist(), settings, gate_active=gate)
 
     merged, result = run({}, False)
     overlap = (slice(2, 6), slice(5, 8))
@@ -450,10 +445,8 @@ def test_probabilities_by_region_equal_nnunets_export(regions):
 
 def test_a_simulation_records_the_pseudo_labels_dice_and_precision():
     """Precision counts the pseudo-label's voxels off the organ; the voxels it misses lower only the Dice."""
-    from types import SimpleNamespace
-
     from ipnp.data.io import Geometry
-    from ipnp.pseudo.round import pseudo_label_case
+    from ipnp.pseudo.round import RoundCase, pseudo_label_case
 
     shape = (10, 12, 14)
     predicted = np.zeros(shape, np.uint8)
@@ -462,10 +455,9 @@ def test_a_simulation_records_the_pseudo_labels_dice_and_precision():
     full = np.zeros(shape, np.uint8)
     full[2:6, 2:8, 2:5] = 1  # half of the box ...
     full[7:9, 2:8, 2:8] = 1  # ... and 72 voxels outside it
-    _, result = pseudo_label_case(SimpleNamespace(unknown={1}), np.zeros((1, *shape), np.float32),
-                                  Geometry.from_spacing((1, 1, 1)), np.zeros(shape, np.uint8), predicted, probs,
-                                  BoxGeneralist(), RefineSettings(padding=0, delta=0), gate_active=False, previous={},
-                                  full_label=full)
+    case = RoundCase("case", {1}, Geometry.from_spacing((1, 1, 1)), np.zeros(shape, np.uint8), full_label=full,
+                     image=np.zeros((1, *shape), np.float32), predicted=predicted, probs=probs)
+    _, result = pseudo_label_case(case, BoxGeneralist(), RefineSettings(padding=0, delta=0), gate_active=False)
     outcome = result.organs[1]
     assert outcome.voxels == 144
     assert outcome.precision == pytest.approx(72 / 144)

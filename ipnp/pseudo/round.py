@@ -39,6 +39,7 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -108,6 +109,23 @@ def accepted_dice(status: dict) -> tuple[float, float] | None:
 
 
 @dataclass
+class RoundCase:
+    """One training case as a round sees it: its labels, what earlier rounds left it and, once predicted, its
+    image and the specialist's prediction (``probs`` is indexed like a (classes, z, y, x) array; only ROIs
+    are read)."""
+
+    case_id: str
+    unknown: Collection[int]  # the organs its labels lack
+    geometry: Geometry
+    ground_truth: np.ndarray
+    previous: dict[int, PseudoLabel] = field(default_factory=dict)  # organ -> last accepted pseudo-label
+    full_label: np.ndarray | None = None  # labelsTr_full, in simulations only
+    image: np.ndarray | None = None  # (channels, z, y, x)
+    predicted: np.ndarray | None = None
+    probs: Any = None
+
+
+@dataclass
 class OrganCandidate:
     """What a case's prediction gives one unknown organ, before the round decides on it."""
 
@@ -133,58 +151,48 @@ class CaseCandidates:
 
 
 def case_candidates(
-    case: Case,
-    image: np.ndarray,
-    geometry: Geometry,
-    ground_truth: np.ndarray,
-    predicted: np.ndarray,
-    probs,
+    case: RoundCase,
     generalist: Generalist,
     settings: RefineSettings,
     *,
-    previous: dict[int, PseudoLabel],
-    full_label: np.ndarray | None = None,
     refused: Collection[int] = (),
     tested: Collection[int] = (),
     seconds: dict[str, float],
 ) -> CaseCandidates:
-    """Prompt the generalist for each unknown organ not ``refused`` and refine its answers; score the ``tested``
-    organs for the trust test. Only ``probs``' ROIs are read; time spent is added to ``seconds``."""
-    axes = anatomical_axes(geometry.direction)
+    """Prompt the generalist for each unknown organ of a predicted ``case`` not ``refused`` and refine its
+    answers; score the ``tested`` organs for the trust test. Time spent is added to ``seconds``."""
+    predicted, probs = case.predicted, case.probs
+    axes = anatomical_axes(case.geometry.direction)
     found = CaseCandidates()
     start = time.perf_counter()
     try:
-        generalist.set_image(image[0], geometry.spacing_zyx)
+        generalist.set_image(case.image[0], case.geometry.spacing_zyx)
     except Exception as exc:  # noqa: BLE001 - one case's failure must not end the round
         found.image_error = failure("generalist failed on the image", exc)
     seconds["generalist"] += time.perf_counter() - start
     if tested and not found.image_error:
         start = time.perf_counter()
-        found.samples = case_samples(ground_truth, predicted, probs, tested, generalist, settings, axes)
+        found.samples = case_samples(case.ground_truth, predicted, probs, tested, generalist, settings, axes)
         found.trust_seconds = time.perf_counter() - start
-    free = ground_truth == 0
+    free = case.ground_truth == 0
     for organ in sorted(case.unknown):
         prompt = not (found.image_error or organ in refused)
         candidate = OrganCandidate(
             refined_candidate(organ, predicted, probs, generalist, settings, axes, free, seconds) if prompt else None)
-        if full_label is not None:
-            candidate.specialist_dice = dice((predicted == organ) & free, full_label == organ)
-        if (carried := previous.get(organ)) is not None:
+        if case.full_label is not None:
+            candidate.specialist_dice = dice((predicted == organ) & free, case.full_label == organ)
+        if (carried := case.previous.get(organ)) is not None:
             candidate.carried_probability = probs[(organ, *carried.region)][carried.mask]
         found.organs[organ] = candidate
     return found
 
 
 def decide_case(
-    case: Case,
-    geometry: Geometry,
-    ground_truth: np.ndarray,
+    case: RoundCase,
     candidates: CaseCandidates,
     settings: RefineSettings,
     *,
     gate_active: bool,
-    previous: dict[int, PseudoLabel],
-    full_label: np.ndarray | None = None,
     result: CaseResult,
     prior: PlacementPrior | None = None,
     untrusted: dict[int, str] | None = None,
@@ -194,26 +202,26 @@ def decide_case(
     untrusted = untrusted or {}
 
     def offset(organ: int, label: PseudoLabel) -> tuple[float, float] | None:
-        return prior.offset(case.case_id, organ, placement(label.mask, geometry, label.region)) if prior else None
+        return prior.offset(case.case_id, organ, placement(label.mask, case.geometry, label.region)) if prior else None
 
     start = time.perf_counter()
     pseudo: dict[int, PseudoLabel] = {}
     for organ, candidate in sorted(candidates.organs.items()):
-        carried = previous.get(organ)
+        carried = case.previous.get(organ)
         if carried is not None:
             carried = replace(carried, probability=candidate.carried_probability)
         outcome, label = _one_organ(organ, candidate.label, settings, gate_active, carried,
                                     candidates.image_error or untrusted.get(organ), offset)
         outcome.specialist_dice = candidate.specialist_dice
-        if full_label is not None and label is not None:
-            outcome.dice, outcome.precision = label_scores(label, full_label == organ)
+        if case.full_label is not None and label is not None:
+            outcome.dice, outcome.precision = label_scores(label, case.full_label == organ)
         if label is not None:
             pseudo[organ] = label
         result.organs[organ] = outcome
 
-    free = ground_truth == 0
-    merged = ground_truth.copy()
-    best = np.full(ground_truth.shape, -1.0, dtype=np.float16)  # probabilities are float16 already
+    free = case.ground_truth == 0
+    merged = case.ground_truth.copy()
+    best = np.full(merged.shape, -1.0, dtype=np.float16)  # probabilities are float16 already
     for organ, label in pseudo.items():
         p = np.full(label.mask.shape, -1.0, dtype=np.float16)
         p[label.mask] = label.probability
@@ -227,35 +235,25 @@ def decide_case(
 
 
 def pseudo_label_case(
-    case: Case,
-    image: np.ndarray,
-    geometry: Geometry,
-    ground_truth: np.ndarray,
-    predicted: np.ndarray,
-    probs,
+    case: RoundCase,
     generalist: Generalist,
     settings: RefineSettings,
     *,
     gate_active: bool,
-    previous: dict[int, PseudoLabel],
-    full_label: np.ndarray | None = None,
     result: CaseResult | None = None,
     prior: PlacementPrior | None = None,
     untrusted: dict[int, str] | None = None,
 ) -> tuple[np.ndarray, CaseResult]:
-    """Pseudo-label one case's unknown organs; return the merged label map and what happened per organ.
+    """Pseudo-label a predicted case's unknown organs; return the merged label map and what happened per organ.
 
-    ``probs`` is indexed like a (classes, z, y, x) array (only ROIs are read); ``previous`` maps an organ
-    to its last accepted pseudo-label; ``prior``, if given, refuses pseudo-labels placed too far from
-    where the case's true labels expect the organ; ``untrusted`` maps organs not to pseudo-label this
-    round to the reason (:mod:`ipnp.pseudo.trust`); the generalist is not asked about them.
+    ``prior``, if given, refuses pseudo-labels placed too far from where the case's true labels expect the
+    organ; ``untrusted`` maps organs not to pseudo-label this round to the reason (:mod:`ipnp.pseudo.trust`);
+    the generalist is not asked about them.
     """
     result = result or CaseResult()
-    candidates = case_candidates(case, image, geometry, ground_truth, predicted, probs, generalist, settings,
-                                 previous=previous, full_label=full_label, refused=set(untrusted or ()),
-                                 seconds=result.seconds)
-    merged = decide_case(case, geometry, ground_truth, candidates, settings, gate_active=gate_active,
-                         previous=previous, full_label=full_label, result=result, prior=prior, untrusted=untrusted)
+    candidates = case_candidates(case, generalist, settings, refused=set(untrusted or ()), seconds=result.seconds)
+    merged = decide_case(case, candidates, settings, gate_active=gate_active, result=result, prior=prior,
+                         untrusted=untrusted)
     return merged, result
 
 
@@ -402,16 +400,21 @@ def run_round(
 
 
 def _load_case(case: Case, file_ending: str, out: str | os.PathLike, k: int, seconds: dict[str, float],
-               with_image: bool = True):
-    """A case's image (None unless ``with_image``: only a prediction needs it), geometry, labels, full labels
-    (None outside simulations) and previous pseudo-labels."""
+               specialist=None) -> RoundCase:
+    """The case as round ``k`` sees it (full labels only in simulations); with a ``specialist``, also its
+    image and the specialist's prediction."""
     start = time.perf_counter()
-    image, geometry = case.load_image() if with_image else (None, case.geometry)
+    image, geometry = case.load_image() if specialist is not None else (None, case.geometry)
     ground_truth, _ = case.load_label()
     full = case.load_full_label()[0] if case.full_label_path is not None else None
     previous = load_previous(out, k - 1, case.case_id, file_ending)
+    round_case = RoundCase(case.case_id, case.unknown, geometry, ground_truth, previous, full, image)
     seconds["io"] += time.perf_counter() - start
-    return image, geometry, ground_truth, full, previous
+    if specialist is not None:
+        start = time.perf_counter()
+        round_case.predicted, round_case.probs = specialist.predict(image, geometry)
+        seconds["predict"] += time.perf_counter() - start
+    return round_case
 
 
 def _predict_candidates(case: Case, file_ending: str, specialist, generalist: Generalist, settings: RefineSettings,
@@ -419,12 +422,8 @@ def _predict_candidates(case: Case, file_ending: str, specialist, generalist: Ge
     """Predict a case of the trust test: its samples, and candidates for all its unknown organs (trusted or not:
     the test is not decided yet)."""
     seconds = dict.fromkeys(CaseResult().seconds, 0.0)
-    image, geometry, ground_truth, full, previous = _load_case(case, file_ending, out, k, seconds)
-    start = time.perf_counter()
-    predicted, probs = specialist.predict(image, geometry)
-    seconds["predict"] += time.perf_counter() - start
-    found = case_candidates(case, image, geometry, ground_truth, predicted, probs, generalist, settings,
-                            previous=previous, full_label=full, tested=tested, seconds=seconds)
+    round_case = _load_case(case, file_ending, out, k, seconds, specialist)
+    found = case_candidates(round_case, generalist, settings, tested=tested, seconds=seconds)
     found.seconds = seconds
     return found
 
@@ -437,23 +436,19 @@ def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist
     ``candidates`` are those a trust-test case already has; other cases are predicted here."""
     result = CaseResult()
     predicting = candidates is None and bool(case.unknown)
-    image, geometry, ground_truth, full, previous = _load_case(case, file_ending, out, k, result.seconds, predicting)
+    round_case = _load_case(case, file_ending, out, k, result.seconds, specialist if predicting else None)
     if candidates is not None:
         for key, value in candidates.seconds.items():
             result.seconds[key] += value
-        merged = decide_case(case, geometry, ground_truth, candidates, settings, gate_active=gate_active, previous=previous,
-                             full_label=full, result=result, prior=prior, untrusted=untrusted)
+        merged = decide_case(round_case, candidates, settings, gate_active=gate_active, result=result, prior=prior,
+                             untrusted=untrusted)
     elif predicting:
-        start = time.perf_counter()
-        predicted, probs = specialist.predict(image, geometry)
-        result.seconds["predict"] += time.perf_counter() - start
-        merged, result = pseudo_label_case(case, image, geometry, ground_truth, predicted, probs, generalist, settings,
-                                           gate_active=gate_active, previous=previous, full_label=full, result=result,
+        merged, result = pseudo_label_case(round_case, generalist, settings, gate_active=gate_active, result=result,
                                            prior=prior, untrusted=untrusted)
     else:
-        merged = ground_truth
+        merged = round_case.ground_truth
     start = time.perf_counter()
-    write_image(merged, geometry, labels_dir / f"{case.case_id}{file_ending}")
+    write_image(merged, round_case.geometry, labels_dir / f"{case.case_id}{file_ending}")
     result.seconds["io"] += time.perf_counter() - start
     return {
         "organs": {str(o): asdict(v) for o, v in sorted(result.organs.items())},
