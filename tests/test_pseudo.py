@@ -312,7 +312,6 @@ def test_a_stray_speck_of_the_prediction_does_not_stretch_the_prompts(largest):
 
 
 def test_where_pseudo_labels_overlap_the_higher_probability_wins_even_for_a_carried_one():
-
     from ipnp.data.io import Geometry
     from ipnp.pseudo.refine import PseudoLabel
     from ipnp.pseudo.round import RoundCase, pseudo_label_case
