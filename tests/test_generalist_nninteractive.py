@@ -158,12 +158,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _server(checkpoint: Path, log_file: Path, api_key: str | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``nninteractive-server`` on CPU with the test checkpoint; killed however the test ends."""
+def _server(checkpoint: Path, log_file: Path, api_key: str | None = None,
+            device: str = "cpu") -> Iterator[tuple[str, subprocess.Popen]]:
+    """``nninteractive-server`` on ``device`` with the test checkpoint; killed however the test ends."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "nnInteractive.inference.server.main", "--model-dir", str(checkpoint),
-               "--fold", "0", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
+               "--fold", "0", "--device", device, "--host", "127.0.0.1", "--port", str(port),
                "--torch-n-threads", "1", "--no-torch-compile", "--log-level", "warning"]
     if api_key:
         command += ["--api-key", api_key]
