@@ -52,6 +52,8 @@ class RunConfig:
     iterations_per_epoch: int | None = None
     device: str = "auto"
     vls: bool = True
+    # False: a pseudo-label also says where its organ is not, as in the paper (ipnp.specialist.trainers)
+    pseudo_positive_only: bool = True
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     refine: RefineSettings = field(default_factory=RefineSettings)
     generalist: GeneralistConfig = field(default_factory=GeneralistConfig)
@@ -103,7 +105,7 @@ def _check_type(key: str, value: Any, kind: type) -> Any:
 
 
 _SCALARS = {
-    "profile": str, "epochs": int, "iterations_per_epoch": int, "device": str, "vls": bool, "seed": int,
+    "profile": str, "epochs": int, "iterations_per_epoch": int, "device": str, "vls": bool, "pseudo_positive_only": bool, "seed": int,
     "rounds.at": list, "rounds.epochs": list, "rounds.gate_from_round": int,
     "refine.padding": int, "refine.tau": float, "refine.delta": int, "refine.largest_component": bool,
     "refine.position_check": bool, "refine.max_entropy": float, "refine.trust_cases": int, "refine.trust_precision": float,

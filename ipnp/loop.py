@@ -207,6 +207,7 @@ def _train_with_rounds(ds: PartialDataset, run_dir: Path, config: RunConfig, tim
                 ds.root, specialist_dir, method, config.profile, labels_dir=labels, epochs=total,
                 iterations=config.iterations_per_epoch, device=config.device, resume=True,
                 until_epoch=until, init_checkpoint=previous_final, seed=config.seed,
+                pseudo_positive_only=config.pseudo_positive_only,
             )
         previous_final = model_dir / "fold_all" / "checkpoint_final.pth"
         k = segment + 1

@@ -28,10 +28,11 @@ def test_file_values_and_overrides_reach_the_config(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"profile": "tiny", "epochs": 6, "rounds": {"epochs": [2, 4], "gate_from_round": 2},
                                     "refine": {"tau": 0.5, "max_entropy": 1, "trust_cases": 3, "trust_precision": 0.9},
-                                    "vls": False}))
+                                    "vls": False, "pseudo_positive_only": False}))
     config = load_config(path, **{"generalist.name": "nninteractive", "epochs": None})
     assert config.round_epochs() == [2, 4] and config.rounds.gate_from_round == 2
     assert config.refine.tau == 0.5 and config.refine.padding == 6 and not config.vls
+    assert not config.pseudo_positive_only and RunConfig().pseudo_positive_only
     assert config.refine.max_entropy == 1.0 and RunConfig().refine.max_entropy is None
     assert config.refine.trust_cases == 3 and RunConfig().refine.trust_cases == 5
     assert config.refine.trust_precision == 0.9
@@ -64,6 +65,7 @@ def test_remote_generalist_settings_reach_its_client(monkeypatch):
         ({"seed": -1}, "seed: -1 must not be negative"),
         ({"epochs": "ten"}, "epochs: expected int"),
         ({"vls": "yes"}, "vls: expected bool"),
+        ({"pseudo_positive_only": 1}, "pseudo_positive_only: expected bool"),
         ({"profile": "huge"}, "profile: 'huge' is unknown"),
         ({"generalist": {"name": "sam"}}, "generalist.name: 'sam' is unknown"),
         ({"generalist": {"retries": -1}}, "generalist.retries: -1 must not be negative"),

@@ -139,6 +139,27 @@ def test_ipnp_training_reads_pseudo_labels_from_a_labels_folder(partial, tmp_pat
     assert PSEUDO == 2  # the status codes the table above feeds to the loss
 
 
+def test_pseudo_labels_as_full_evidence_train_the_papers_loss(partial, tmp_path):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    from ipnp.specialist.train import train_specialist
+
+    labels = tmp_path / "merged"
+    shutil.copytree(partial / "labelsTr_full", labels)
+    ds = PartialDataset(partial)
+    (labels / "pseudo_labels.json").write_text(json.dumps({c: sorted(ds.unknown_organs(c)) for c in ds.training_ids}))
+    run = tmp_path / "full-evidence"
+    model = train_specialist(partial, run, "ipnp", "tiny", labels_dir=labels, epochs=1, iterations=2, device="cpu",
+                             pseudo_positive_only=False)
+    record = json.loads((run / "specialist.json").read_text())
+    assert record["trainer"] == "nnUNetTrainer_ipnpVLSFullEvidence" and model.name.startswith(record["trainer"] + "__")
+    assert (model / "fold_all" / "checkpoint_final.pth").is_file()
+    trainer = recursive_find_trainer_class_by_name(record["trainer"])
+    assert trainer.voxel_selection and not trainer.pseudo_positive_only
+    novls = recursive_find_trainer_class_by_name("nnUNetTrainer_ipnpNoVLSFullEvidence")
+    assert not novls.voxel_selection and not novls.pseudo_positive_only
+
+
 def test_pseudo_label_round_with_the_trained_specialist_and_nninteractive(marginal_run, partial, tmp_path):
     """The real chain: tiny specialist -> box prompts -> nnInteractive session (test checkpoint) -> store."""
     from nninteractive_checkpoint import build_checkpoint

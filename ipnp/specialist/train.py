@@ -25,6 +25,8 @@ METHODS = {
     "ipnp-novls": "nnUNetTrainer_ipnpNoVLS",
     "dodnet": "nnUNetTrainer_ipnpDoDNet",
 }
+# The IPnP trainers with pseudo-labels as full evidence (``pseudo_positive_only=False``).
+FULL_EVIDENCE = {"ipnp": "nnUNetTrainer_ipnpVLSFullEvidence", "ipnp-novls": "nnUNetTrainer_ipnpNoVLSFullEvidence"}
 SPECIALIST_JSON = "specialist.json"
 FOLD = "all"  # every training case trains; all of them need pseudo-labels later
 
@@ -53,6 +55,7 @@ def train_specialist(
     until_epoch: int | None = None,
     init_checkpoint: str | os.PathLike | None = None,
     seed: int | None = None,
+    pseudo_positive_only: bool = True,
 ) -> Path:
     """Train one specialist into ``run_dir`` and return the nnU-Net model folder.
 
@@ -67,6 +70,9 @@ def train_specialist(
     ``seed`` seeds the weight initialisation, patch sampling and augmentation (Python, NumPy and torch
     generators), so that two CPU trainings with the same seed are identical; on CUDA, cuDNN's
     nondeterministic kernels still differ slightly. ``None`` leaves nnU-Net unseeded, as it is by default.
+
+    ``pseudo_positive_only=False`` trains ``ipnp`` and ``ipnp-novls`` with pseudo-labels as full evidence
+    (``FULL_EVIDENCE``); other methods read no pseudo-labels and ignore it.
     """
     if method not in METHODS:
         raise IpnpError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
@@ -90,10 +96,11 @@ def train_specialist(
 
     total = epochs or prof.epochs
     stop = min(until_epoch or total, total)
-    model_dir = folders["nnUNet_results"] / DATASET_NAME / f"{METHODS[method]}__{PLANS}__{prof.configuration}"
+    trainer_name = METHODS[method] if pseudo_positive_only else FULL_EVIDENCE.get(method, METHODS[method])
+    model_dir = folders["nnUNet_results"] / DATASET_NAME / f"{trainer_name}__{PLANS}__{prof.configuration}"
     record = {
         "method": method,
-        "trainer": METHODS[method],
+        "trainer": trainer_name,
         "profile": prof.name,
         "configuration": prof.configuration,
         "epochs": total,
@@ -121,7 +128,7 @@ def train_specialist(
         num_processes=int(os.environ["nnUNet_def_n_proc"]),
     )
     with stdout_to_log("nnU-Net"):
-        trainer = _build_trainer(METHODS[method], prepared.preprocessed, prepared.configuration, torch_device, resume)
+        trainer = _build_trainer(trainer_name, prepared.preprocessed, prepared.configuration, torch_device, resume)
     if Path(trainer.output_folder_base) != model_dir.absolute():
         raise RuntimeError(f"nnU-Net's model folder {trainer.output_folder_base} is not the expected {model_dir}")
     trainer.num_epochs = total

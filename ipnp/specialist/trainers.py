@@ -28,6 +28,8 @@ __all__ = [
     "nnUNetTrainer_ipnpMarginal",
     "nnUNetTrainer_ipnpVLS",
     "nnUNetTrainer_ipnpNoVLS",
+    "nnUNetTrainer_ipnpVLSFullEvidence",
+    "nnUNetTrainer_ipnpNoVLSFullEvidence",
     "STATUS_FILE",
 ]
 
@@ -175,6 +177,18 @@ class nnUNetTrainer_ipnpNoVLS(nnUNetTrainer_ipnpVLS):
     """The paper's ablation: IPnP's retraining with VLS switched off (pseudo-labels count everywhere)."""
 
     voxel_selection = False
+
+
+class nnUNetTrainer_ipnpVLSFullEvidence(nnUNetTrainer_ipnpVLS):
+    """IPnP's retraining as the paper writes it: a pseudo-labeled organ trains as absent outside its label."""
+
+    pseudo_positive_only = False
+
+
+class nnUNetTrainer_ipnpNoVLSFullEvidence(nnUNetTrainer_ipnpNoVLS):
+    """``ipnp-novls`` with pseudo-labels as full evidence (see ``nnUNetTrainer_ipnpVLSFullEvidence``)."""
+
+    pseudo_positive_only = False
 
 
 def organs_as_regions(dataset_json: dict) -> dict:
