@@ -91,3 +91,17 @@ def simulated(tmp_path):
     src = make_dataset(tmp_path / "full", n_train=6, n_test=0, shape=(12, 16, 18), seed=3)
     simulate_partial_labels(src, tmp_path / "partial", keep=0.34, seed=0)
     return PartialDataset(tmp_path / "partial")
+
+
+def full_labels_as_pseudo(partial: Path, labels: Path, keep: int | None = None) -> dict[str, list[int]]:
+    """A labels folder for IPnP training: the full labels stand in for ground truth + accepted pseudo-labels,
+    and each case's unknown organs (the first ``keep`` of them, or all) are marked as pseudo-labels."""
+    import shutil
+
+    from ipnp.data import PartialDataset
+
+    ds = PartialDataset(partial)
+    shutil.copytree(partial / "labelsTr_full", labels)
+    pseudo = {c: sorted(ds.unknown_organs(c))[:keep] for c in ds.training_ids}
+    (labels / "pseudo_labels.json").write_text(json.dumps(pseudo))
+    return pseudo

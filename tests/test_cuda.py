@@ -7,7 +7,6 @@ used for prediction there. Skipped where no CUDA device is visible (CI); run on 
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ from ipnp.data import PartialDataset
 from ipnp.data.partial import simulate_partial_labels
 from ipnp.data.synth import synthesize_dataset
 from ipnp.generalist.nninteractive import NNInteractiveGeneralist, NNInteractiveRemoteGeneralist
+from conftest import full_labels_as_pseudo
 from nninteractive_checkpoint import build_checkpoint
 from test_generalist_nninteractive import LIVER, SHAPE, SPLEEN, _image, _server, _union_of_boxes
 
@@ -54,9 +54,7 @@ def test_vls_specialist_trains_and_predicts_on_cuda(tmp_path):
     partial, labels = tmp_path / "partial", tmp_path / "merged"
     synthesize_dataset(tmp_path / "full", n_train=8, n_test=2, seed=0)
     simulate_partial_labels(tmp_path / "full", partial, keep=0.67, seed=0)
-    ds = PartialDataset(partial)
-    shutil.copytree(partial / "labelsTr_full", labels)  # stands in for ground truth + pseudo-labels
-    (labels / "pseudo_labels.json").write_text(json.dumps({c: sorted(ds.unknown_organs(c)) for c in ds.training_ids}))
+    full_labels_as_pseudo(partial, labels)
     run, pred = tmp_path / "run", tmp_path / "pred"
     fast = ["--profile", "tiny", "--epochs", "2", "--iterations", "4", "--device", "cuda"]
     assert main(["train", str(partial), "--out", str(run), "--method", "ipnp", "--labels", str(labels), *fast]) == 0
@@ -66,7 +64,7 @@ def test_vls_specialist_trains_and_predicts_on_cuda(tmp_path):
     assert "train_loss nan" not in log and "train_loss" in log
     assert main(["predict", str(run), str(partial / "imagesTs"), str(pred), "--probabilities",
                  "--device", "cuda"]) == 0
-    for case in ds.test_ids:
+    for case in PartialDataset(partial).test_ids:
         probabilities = np.load(pred / f"{case}.npz")["probabilities"].astype(np.float32)
         assert probabilities.shape[0] == 16 and np.isfinite(probabilities).all()
         np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=5e-3)

@@ -1,13 +1,12 @@
 """End to end on phantoms with the tiny profile: train, predict, evaluate, through the real nnU-Net stack."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import tree_digest
+from conftest import full_labels_as_pseudo, tree_digest
 from ipnp.cli import main
 from ipnp.data import PartialDataset
 from ipnp.data.partial import simulate_partial_labels
@@ -124,9 +123,7 @@ def test_partial_sup_trains_one_sigmoid_per_organ(partial, tmp_path):
 def test_ipnp_training_reads_pseudo_labels_from_a_labels_folder(partial, tmp_path):
     ds = PartialDataset(partial)
     labels = tmp_path / "merged"
-    shutil.copytree(partial / "labelsTr_full", labels)  # stands in for ground truth + accepted pseudo-labels
-    pseudo = {c: sorted(ds.unknown_organs(c))[:2] for c in ds.training_ids}
-    (labels / "pseudo_labels.json").write_text(json.dumps(pseudo))
+    pseudo = full_labels_as_pseudo(partial, labels, keep=2)
     run = tmp_path / "ipnp"
     assert main(["train", str(partial), "--out", str(run), "--method", "ipnp", "--labels", str(labels), *FAST]) == 0
     status = json.loads((run / "nnunet" / "preprocessed" / "Dataset501_ipnp" / "ipnp_label_status.json").read_text())
@@ -145,9 +142,7 @@ def test_pseudo_labels_as_full_evidence_train_the_papers_loss(partial, tmp_path)
     from ipnp.specialist.train import train_specialist
 
     labels = tmp_path / "merged"
-    shutil.copytree(partial / "labelsTr_full", labels)
-    ds = PartialDataset(partial)
-    (labels / "pseudo_labels.json").write_text(json.dumps({c: sorted(ds.unknown_organs(c)) for c in ds.training_ids}))
+    full_labels_as_pseudo(partial, labels)
     run = tmp_path / "full-evidence"
     model = train_specialist(partial, run, "ipnp", "tiny", labels_dir=labels, epochs=1, iterations=2, device="cpu",
                              pseudo_positive_only=False)
