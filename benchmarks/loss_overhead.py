@@ -16,9 +16,11 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
+import torch
 
-def _mul_sum(p, weight):
-    return (p * weight).sum(2)
+
+def _mul_sum(p, weights):
+    return torch.stack([(p * weights[:, k:k + 1]).sum(2) for k in range(weights.shape[1])], -1)
 
 
 @contextmanager
@@ -43,7 +45,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
 
-    import torch
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 

@@ -155,3 +155,44 @@ def test_positive_only_pseudo_label_leaves_its_organ_free_on_background(vls):
     better = logits.clone()
     better[0, 2][target[0, 0] == 2] = 9.0
     assert positive(better, target) < positive(logits, target)
+
+
+def _reference_marginal_loss(logits, target, status, vls, positive_only, smooth=1e-5):
+    """The marginal/VLS loss written out voxel by voxel with one-hot tensors (batch_dice off)."""
+    b, c = logits.shape[:2]
+    p = torch.softmax(logits.double(), 1).reshape(b, c, -1)
+    t = target.reshape(b, -1).long()
+    one_hot = torch.nn.functional.one_hot(t, c).permute(0, 2, 1).double()
+    merged = (status == UNKNOWN) | ((status == PSEUDO) if positive_only else torch.zeros_like(status, dtype=torch.bool))
+    p_target = (p * one_hot).sum(1)
+    p_background = p[:, 0] + (p * merged[:, :, None]).sum(1)
+    ce_voxel = -torch.where(t == 0, p_background, p_target).log()
+    pseudo_voxel = (status == PSEUDO).gather(1, t)
+    mask = (~pseudo_voxel | (p_target >= p.amax(1))).double() if vls else torch.ones_like(p_target)
+    ce = (ce_voxel * mask).sum() / mask.sum()
+    dice_terms = []
+    for i in range(b):
+        for k in range(1, c):
+            if status[i, k] == UNKNOWN:
+                continue
+            where = mask[i] * ((t[i] != 0).double() if positive_only and status[i, k] == PSEUDO else 1.0)
+            intersect = (p[i, k] * one_hot[i, k] * mask[i]).sum()
+            dc = (2 * intersect + smooth) / ((one_hot[i, k] * mask[i]).sum() + (p[i, k] * where).sum() + smooth)
+            dice_terms.append(-dc)
+    return ce + torch.stack(dice_terms).mean()
+
+
+@pytest.mark.parametrize("vls", [False, True])
+@pytest.mark.parametrize("positive_only", [False, True])
+def test_marginal_loss_matches_its_voxelwise_definition(vls, positive_only):
+    """Every status mix, each sample its own: the fused sums equal the loss written out with one-hot tensors."""
+    logits, target = _batch(b=3, c=5, seed=3)
+    logits = logits * 3  # confident enough that VLS drops a share of the pseudo voxels
+    status = torch.tensor([[LABELED, LABELED, PSEUDO, UNKNOWN, PSEUDO],
+                           [LABELED, PSEUDO, UNKNOWN, LABELED, LABELED],
+                           [LABELED, LABELED, LABELED, LABELED, LABELED]], dtype=torch.int8)
+    target = torch.where((status == UNKNOWN).gather(1, target.reshape(3, -1).long()).reshape(target.shape), 0, target)
+    loss = MarginalDiceCELoss(False, voxel_selection=vls, pseudo_positive_only=positive_only)
+    loss.status = status
+    expected = _reference_marginal_loss(logits, target, status, vls, positive_only)
+    torch.testing.assert_close(loss(logits, target).double(), expected, rtol=1e-5, atol=1e-6)

@@ -71,9 +71,12 @@ def _dice_from_sums(
     return -(dc * weight).sum() / weight.sum().clamp_min(1)
 
 
-def sum_pred_where(p: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Per sample and class, the predicted probability summed over voxels with ``weight`` (b, 1, voxels)."""
-    return torch.bmm(p, weight.transpose(1, 2))[..., 0]
+def sum_pred_where(p: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per sample and class, the predicted probability summed under each of ``weights`` (b, k, voxels): (b, c, k).
+
+    One product for all k weightings reads ``p`` once; each separate sum would read all of it again.
+    """
+    return torch.bmm(p, weights.transpose(1, 2))
 
 
 class MarginalDiceCELoss(StatusAwareLoss):
@@ -128,16 +131,18 @@ class MarginalDiceCELoss(StatusAwareLoss):
             agrees = log_p_target >= log_p.amax(1, keepdim=True)
             mask = (~pseudo_voxel | agrees).to(p.dtype)
             ce = -(log_p_target * mask).sum() / mask.sum().clamp_min(1)
-            sum_pred = sum_pred_where(p, mask)
             p_target = p.gather(1, t) * mask
         else:
             mask = torch.ones_like(log_p_target)
             ce = -log_p_target.mean()
-            sum_pred = p.sum(2)
             p_target = p.gather(1, t)
         if self.pseudo_positive_only and (host == PSEUDO).any():
-            on_foreground = sum_pred_where(p, mask * (t != 0).to(p.dtype))
-            sum_pred = torch.where(status == PSEUDO, on_foreground, sum_pred)
+            sums = sum_pred_where(p, torch.cat((mask, mask * (t != 0).to(p.dtype)), 1))
+            sum_pred = torch.where(status == PSEUDO, sums[..., 1], sums[..., 0])
+        elif self.voxel_selection:
+            sum_pred = sum_pred_where(p, mask)[..., 0]
+        else:
+            sum_pred = p.sum(2)
         intersect = torch.zeros(b, c, device=p.device, dtype=p.dtype).scatter_add(1, t[:, 0], p_target[:, 0])
         sum_gt = torch.zeros(b, c, device=p.device, dtype=p.dtype).scatter_add_(1, t[:, 0], mask[:, 0])
         known = status[:, 1:] != UNKNOWN
