@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check of the specialist on phantoms: CUDA training (quick profile), prediction and evaluation,
-# then the trainer-overhead benchmark on nnU-Net's own default plans. Run from the repository root with
+# then the status-aware losses alone and the trainer-overhead benchmark on nnU-Net's own default plans. Run from the repository root with
 # ipnp and its dependencies importable by python3.
 set -euo pipefail
 work=${1:-/tmp/ipnp-gpu}
@@ -16,4 +16,5 @@ start=$(date +%s)
 ipnp predict "$work/run-marginal" "$work/partial33/imagesTs" "$work/pred" --device cuda --probabilities --overwrite
 echo "predict 10 cases on cuda: $(( $(date +%s) - start )) s"
 ipnp evaluate "$work/pred" "$work/partial33/labelsTs" --out "$work/eval"
+python3 benchmarks/loss_overhead.py --device cuda
 python3 benchmarks/trainer_overhead.py --profile default --device cuda --steps 30 --warmup 5 --work "$work/bench"
