@@ -163,7 +163,7 @@ def _reference_marginal_loss(logits, target, status, vls, positive_only, smooth=
     p = torch.softmax(logits.double(), 1).reshape(b, c, -1)
     t = target.reshape(b, -1).long()
     one_hot = torch.nn.functional.one_hot(t, c).permute(0, 2, 1).double()
-    merged = (status == UNKNOWN) | ((status == PSEUDO) if positive_only else torch.zeros_like(status, dtype=torch.bool))
+    merged = (status == UNKNOWN) | ((status == PSEUDO) & positive_only)
     p_target = (p * one_hot).sum(1)
     p_background = p[:, 0] + (p * merged[:, :, None]).sum(1)
     ce_voxel = -torch.where(t == 0, p_background, p_target).log()
