@@ -88,6 +88,12 @@ CORRUPTIONS = {
         r"kidney \(id 3\) is labeled in no training case",
     ),
     "broken dataset.json": (lambda r: (r / "dataset.json").write_text("{"), "dataset.json", "not valid JSON"),
+    "label ids with a gap": (
+        lambda r: _json(r, "dataset.json", lambda d: {**d, "labels": {"background": 0, "liver": 1, "spleen": 2, "kidney": 5}})
+        or [_rewrite_label(r, f"case_{i:03d}", lambda a: np.where(a == 3, 5, a).astype(np.uint8)) for i in range(4)],
+        "dataset.json",
+        r"consecutive.*\[3, 4\] are missing",
+    ),
     "test label mismatch": (
         lambda r: write_volume(np.zeros((8, 12, 13), np.uint8), r / "labelsTs" / "case_004.nii.gz"),
         "labelsTs/case_004.nii.gz",

@@ -140,6 +140,13 @@ class PartialDataset:
                 raise IpnpError(f"{where}: label '{name}' has id {value!r}; ids must be integers in 0..255")
         if len(set(labels.values())) != len(labels):
             raise IpnpError(f"{where}: two labels share an id")
+        # nnU-Net's network has one output channel per id, so a gap would index past the last channel.
+        gaps = sorted(set(range(max(labels.values()) + 1)) - set(labels.values()))
+        if gaps:
+            raise IpnpError(
+                f"{where}: label ids must be consecutive from 0, as nnU-Net requires; ids {gaps} are missing "
+                "(renumber the labels, in dataset.json and in every label map)"
+            )
 
     @property
     def file_ending(self) -> str:
