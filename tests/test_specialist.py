@@ -210,3 +210,16 @@ def test_the_same_seed_trains_the_same_weights(partial, tmp_path):
     assert first.keys() == again.keys() == other.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)  # initialisation, patches and augmentation
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_a_two_stage_network_on_small_images_trains_finite_weights(dataset, tmp_path):
+    """nnU-Net plans two stages for 8x12x14 images; its deep-supervision weights alone would be 0/0 there."""
+    import torch
+
+    run = tmp_path / "small"
+    assert main(["train", str(dataset), "--out", str(run), "--method", "marginal", *FAST]) == 0
+    plans = json.loads(next(run.rglob("nnUNetPlans.json")).read_text())
+    assert plans["configurations"]["ipnp_tiny"]["architecture"]["arch_kwargs"]["n_stages"] == 2
+    checkpoint = torch.load(next(run.rglob("checkpoint_final.pth")), map_location="cpu", weights_only=False)
+    assert np.isfinite(checkpoint["logging"]["train_losses"]).all()
+    assert all(torch.isfinite(w).all() for w in checkpoint["network_weights"].values() if w.is_floating_point())

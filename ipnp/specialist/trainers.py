@@ -71,6 +71,15 @@ class _IpnpTrainer(nnUNetTrainer):
         optimizer = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
         return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
 
+    def _build_loss(self):
+        # nnU-Net gives the lowest-resolution output weight 0 and divides by the sum of the weights. A
+        # two-stage network (small images) has only that one output: its weight would be 0/0, every loss NaN.
+        with np.errstate(invalid="ignore"):
+            loss = super()._build_loss()
+        if isinstance(loss, DeepSupervisionWrapper) and len(loss.weight_factors) == 1:
+            loss.weight_factors = (1.0,)
+        return loss
+
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         if not self._recipe.get("mirroring", True):
