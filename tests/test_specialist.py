@@ -223,3 +223,24 @@ def test_a_two_stage_network_on_small_images_trains_finite_weights(dataset, tmp_
     checkpoint = torch.load(next(run.rglob("checkpoint_final.pth")), map_location="cpu", weights_only=False)
     assert np.isfinite(checkpoint["logging"]["train_losses"]).all()
     assert all(torch.isfinite(w).all() for w in checkpoint["network_weights"].values() if w.is_floating_point())
+
+
+def test_weights_that_go_nan_stop_training_with_one_line(dataset, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from ipnp.specialist.trainers import nnUNetTrainer_ipnpMarginal
+
+    real_step = nnUNetTrainer_ipnpMarginal.train_step
+
+    def poisoned_step(self, batch):
+        out = real_step(self, batch)
+        with torch.no_grad():
+            next(self.network.parameters()).fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(nnUNetTrainer_ipnpMarginal, "train_step", poisoned_step)
+    run = tmp_path / "diverged"
+    assert main(["train", str(dataset), "--out", str(run), "--method", "marginal", *FAST]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ipnp: error:")]
+    assert len(errors) == 1 and "diverged in epoch 0" in errors[0], errors
+    assert not list(run.rglob("checkpoint_*.pth"))  # nothing non-finite was saved

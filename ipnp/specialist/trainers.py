@@ -18,6 +18,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from ipnp.errors import IpnpError
 from ipnp.specialist.losses import LABELED, PSEUDO, UNKNOWN, MarginalDiceCELoss, PartialBCEDiceLoss, StatusAwareLoss
 
 STATUS_FILE = "ipnp_label_status.json"
@@ -109,6 +110,13 @@ class _IpnpTrainer(nnUNetTrainer):
         )
 
     def on_epoch_end(self) -> None:
+        # nnU-Net trains on, and saves, a network whose weights went NaN; every later epoch and prediction is
+        # then garbage. Checked before nnU-Net saves the epoch, so the last checkpoint stays a finite one.
+        if not torch.stack([p.isfinite().all() for p in self.network.parameters()]).all():
+            raise IpnpError(
+                f"{self.output_folder}: training diverged in epoch {self.current_epoch}: the network's weights are "
+                "no longer finite (NaN or inf); this epoch was not saved"
+            )
         loss = self.logger.get_value("train_losses", step=-1)
         super().on_epoch_end()
         self._progress.set_postfix(loss=f"{loss:.4f}")
@@ -117,6 +125,14 @@ class _IpnpTrainer(nnUNetTrainer):
     def on_train_end(self) -> None:
         super().on_train_end()
         self._progress.close()
+
+    def run_training(self) -> None:
+        try:
+            super().run_training()
+        finally:
+            # A training that fails ends its progress line, so the error is printed on a line of its own.
+            if hasattr(self, "_progress"):
+                self._progress.close()
 
 
 class _StatusAwareTrainer(_IpnpTrainer):
