@@ -1,5 +1,5 @@
 """OpenKBP: ipnp with today's schedule (session 14) against partial-sup and session 9's ipnp (40/60/80), per seed."""
-import json, sys
+import json
 from pathlib import Path
 R = Path(__file__).resolve().parent.parent
 def organs_of_results(p, title):
