@@ -122,10 +122,6 @@ class _IpnpTrainer(nnUNetTrainer):
         self._progress.set_postfix(loss=f"{loss:.4f}")
         self._progress.update(1)
 
-    def on_train_end(self) -> None:
-        super().on_train_end()
-        self._progress.close()
-
     def run_training(self) -> None:
         try:
             super().run_training()
