@@ -41,13 +41,22 @@ def test_the_dynamic_head_depends_on_the_organ_code(net):
     torch.testing.assert_close(net.run_head(features, params[:, [1, 1]]), logits[:, [1, 1]])
 
 
+def test_the_controller_is_one_linear_map_of_pooled_features_and_organ_code(net):
+    """DoDNet's controller: [pooled bottleneck features, one-hot organ code] -> head parameters."""
+    skips = net.encoder(torch.randn(2, 1, 8, 16, 16))
+    pooled = skips[-1].mean((2, 3, 4))
+    joint = torch.cat([net.controller_context.weight, net.controller_code.weight], 1)
+    for k in range(ORGANS):
+        code = F.one_hot(torch.tensor([k, k]), ORGANS).float()
+        expected = F.linear(torch.cat([pooled, code], 1), joint, net.controller_code.bias)
+        torch.testing.assert_close(net.head_parameters(skips[-1])[:, k], expected)
+
+
 def test_the_controller_learns_from_each_organs_code(net):
     logits = net(torch.randn(2, 1, 8, 16, 16))
     logits[:, 2].square().mean().backward()
-    grad = net.controller.weight.grad
-    pooled_width = net.controller.in_features - ORGANS
-    assert grad[:, :pooled_width].abs().sum() > 0  # the pooled bottleneck features
-    code_grad = grad[:, pooled_width:].abs().sum(0)
+    assert net.controller_context.weight.grad.abs().sum() > 0  # the pooled bottleneck features
+    code_grad = net.controller_code.weight.grad.abs().sum(0)
     assert code_grad[2] > 0 and torch.all(code_grad[[0, 1, 3, 4]] == 0)  # only organ 2's code saw the loss
     assert net.encoder.stages[0][0].convs[0].conv.weight.grad.abs().sum() > 0
 
@@ -94,7 +103,9 @@ def test_dodnet_trains_and_predicts_through_nnunet(dodnet_run, partial, tmp_path
     assert recursive_find_trainer_class_by_name(record["trainer"]).__name__ == "nnUNetTrainer_ipnpDoDNet"
     checkpoint = torch.load(next(dodnet_run.rglob("checkpoint_final.pth")), map_location="cpu", weights_only=False)
     weights = checkpoint["network_weights"]
-    assert weights["controller.weight"].shape[0] == 8 * 8 + 8 * 8 + 8 + 8 + 8 + 1
+    num_params = 8 * 8 + 8 * 8 + 8 + 8 + 8 + 1
+    assert weights["controller_code.weight"].shape == (num_params, len(PartialDataset(partial).organ_ids))
+    assert weights["controller_context.weight"].shape[0] == num_params
     assert not any(k.startswith("decoder.seg_layers") for k in weights)  # the dynamic head replaced them
 
     ds = PartialDataset(partial)
@@ -132,3 +143,21 @@ def test_the_loss_ignores_organs_a_case_has_not_labeled(dodnet_run, partial):
     labeled = min(ds.labeled_organs(cases[0]))
     changed[0, channel[labeled]] = 1 - changed[0, channel[labeled]]
     assert trainer.loss(logits, changed) != loss
+
+
+def test_adamw_moves_the_controllers_pooled_feature_weights_at_lr_over_their_number(dodnet_run):
+    """Each head parameter sums one such weight per pooled feature; at AdamW's lr it would jump by ~lr * features."""
+    from ipnp.specialist.train import _build_trainer
+
+    preprocessed = dodnet_run / "nnunet" / "preprocessed" / "Dataset501_ipnp"
+    trainer = _build_trainer("nnUNetTrainer_ipnpDoDNet", preprocessed, "ipnp_tiny", torch.device("cpu"), resume=False)
+    trainer.initialize()
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    context = trainer.network.controller_context.weight
+    main, scaled = trainer.optimizer.param_groups
+    assert scaled["params"] == [context]
+    assert {id(p) for p in main["params"]} == {id(p) for p in trainer.network.parameters()} - {id(context)}
+    for epoch in (0, trainer.num_epochs // 2):
+        trainer.lr_scheduler.step(epoch)
+        assert main["lr"] == pytest.approx(trainer.initial_lr * (1 - epoch / trainer.num_epochs) ** 0.9)
+        assert scaled["lr"] == pytest.approx(main["lr"] / context.shape[1])

@@ -40,14 +40,22 @@ class DoDNet(nn.Module):
         self.precls_conv = self.encoder.conv_op(self.encoder.output_channels[0], head_channels, 1)
         self.head_layers = ((head_channels, head_channels), (head_channels, head_channels), (1, head_channels))
         num_params = sum(out * inp + out for out, inp in self.head_layers)
-        self.controller = nn.Linear(self.encoder.output_channels[-1] + num_organs, num_params)
+        # DoDNet's controller is one linear map of [pooled features, organ code]. It is kept as its two
+        # parts, the same map, so that a trainer can give the pooled features' weights a learning rate of
+        # their own (nnUNetTrainer_ipnpDoDNet.adamw_parameter_groups).
+        pooled_width = self.encoder.output_channels[-1]
+        self.controller_context = nn.Linear(pooled_width, num_params, bias=False)
+        self.controller_code = nn.Linear(num_organs, num_params)
+        bound = (pooled_width + num_organs) ** -0.5  # nn.Linear's initialisation of the joint map
+        for layer in (self.controller_context, self.controller_code):
+            for p in layer.parameters():
+                nn.init.uniform_(p, -bound, bound)
 
     def head_parameters(self, bottleneck: torch.Tensor) -> torch.Tensor:
         """(batch, organs, parameters): the controller's output for every sample and organ code."""
-        b, t = bottleneck.shape[0], self.num_organs
         pooled = bottleneck.flatten(2).mean(2)
-        codes = torch.eye(t, device=pooled.device, dtype=pooled.dtype).expand(b, t, t)
-        return self.controller(torch.cat([pooled[:, None].expand(b, t, pooled.shape[1]), codes], 2))
+        codes = torch.eye(self.num_organs, device=pooled.device, dtype=pooled.dtype)
+        return self.controller_context(pooled)[:, None] + self.controller_code(codes)[None]
 
     def run_head(self, features: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Each (sample, organ)'s dynamic head on that sample's (batch, 8, *spatial) features.
@@ -93,6 +101,15 @@ class nnUNetTrainer_ipnpDoDNet(nnUNetTrainer_ipnpPartialSup):
             plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision=False
         )
         return DoDNet(unet, num_output_channels)
+
+    def adamw_parameter_groups(self) -> list[dict]:
+        # Each generated head parameter sums one weight per pooled feature times that feature, and the
+        # features are mostly positive (after LeakyReLU), so an AdamW step of lr on every weight moves it by
+        # about lr * sum(pooled): 50 lr for the quick network, three times its initial size at lr 0.01. At
+        # lr / features it moves as far as an ordinary weight does (docs/baselines.md).
+        context = self.network.controller_context.weight
+        rest = [p for p in self.network.parameters() if p is not context]
+        return [{"params": rest}, {"params": [context], "lr_scale": 1 / context.shape[1]}]
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         # nnU-Net switches deep supervision back on after its final validation; the dynamic head has none.

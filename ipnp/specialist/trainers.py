@@ -53,6 +53,16 @@ def status_table(status_json: dict, num_classes: int) -> dict[str, np.ndarray]:
 RECIPE_KEY = "ipnp_recipe"
 
 
+class ScaledPolyLRScheduler(PolyLRScheduler):
+    """nnU-Net's poly schedule, each parameter group's rate times that group's ``lr_scale`` (default 1)."""
+
+    def step(self, current_step=None):
+        super().step(current_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] *= group.get("lr_scale", 1.0)
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+
 class _IpnpTrainer(nnUNetTrainer):
     """nnU-Net's trainer with a progress bar in place of its console output, which goes to its log file.
 
@@ -69,8 +79,12 @@ class _IpnpTrainer(nnUNetTrainer):
         if self._recipe.get("optimizer", "sgd") == "sgd":
             return super().configure_optimizers()
         self.initial_lr = self._recipe.get("initial_lr", self.initial_lr)
-        optimizer = torch.optim.AdamW(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        optimizer = torch.optim.AdamW(self.adamw_parameter_groups(), self.initial_lr, weight_decay=self.weight_decay)
+        return optimizer, ScaledPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def adamw_parameter_groups(self) -> list[dict]:
+        """The network's parameters for the AdamW recipe; a group's ``lr_scale`` scales its learning rate."""
+        return [{"params": list(self.network.parameters())}]
 
     def _build_loss(self):
         # nnU-Net gives the lowest-resolution output weight 0 and divides by the sum of the weights. A
