@@ -105,8 +105,8 @@ class nnUNetTrainer_ipnpDoDNet(nnUNetTrainer_ipnpPartialSup):
     def adamw_parameter_groups(self) -> list[dict]:
         # Each generated head parameter sums one weight per pooled feature times that feature, and the
         # features are mostly positive (after LeakyReLU), so an AdamW step of lr on every weight moves it by
-        # about lr * sum(pooled): 50 lr for the quick network, three times its initial size at lr 0.01. At
-        # lr / features it moves as far as an ordinary weight does (docs/baselines.md).
+        # about lr * sum(pooled): 50 lr for the quick network, twice its initial size at lr 0.01. At
+        # lr / features it moves about as far as an ordinary weight does (benchmarks/dodnet_controller_step.py).
         context = self.network.controller_context.weight
         rest = [p for p in self.network.parameters() if p is not context]
         return [{"params": rest}, {"params": [context], "lr_scale": 1 / context.shape[1]}]
