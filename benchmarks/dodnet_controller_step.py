@@ -18,6 +18,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch.nn import functional as F
 
 from ipnp.baselines.dodnet import DoDNet, nnUNetTrainer_ipnpDoDNet
+from ipnp.specialist.trainers import ScaledPolyLRScheduler
 
 ORGANS, LR, STEPS = 15, 1e-2, 3
 
@@ -33,24 +34,23 @@ def quick_dodnet() -> DoDNet:
 def head_steps(net: DoDNet, groups: list[dict]) -> tuple[float, float, float]:
     """(mean |head parameter| at the start, mean step on head parameters, mean step on precls_conv's weight)."""
     optimizer = torch.optim.AdamW(groups, LR, weight_decay=3e-5)
-    for group in optimizer.param_groups:
-        group["lr"] = LR * group.get("lr_scale", 1.0)
+    ScaledPolyLRScheduler(optimizer, LR, max_steps=20)  # the CPU profiles' rates at the first epoch
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(2, 1, 32, 48, 48, generator=generator)
     target = (torch.rand(2, ORGANS, 32, 48, 48, generator=generator) > 0.9).float()
     with torch.no_grad():
-        start = net.head_parameters(net.encoder(x)[-1]).abs().mean().item()
+        params = net.head_parameters(net.encoder(x)[-1])
+    start = params.abs().mean().item()
     head, conv = [], []
     for _ in range(STEPS):
-        with torch.no_grad():
-            before = net.head_parameters(net.encoder(x)[-1])
         weight = net.precls_conv.weight.detach().clone()
         loss = F.binary_cross_entropy_with_logits(net(x), target)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            head.append((net.head_parameters(net.encoder(x)[-1]) - before).abs().mean().item())
+            before, params = params, net.head_parameters(net.encoder(x)[-1])
+        head.append((params - before).abs().mean().item())
         conv.append((net.precls_conv.weight - weight).abs().mean().item())
     return start, sum(head) / STEPS, sum(conv) / STEPS
 
