@@ -1,9 +1,10 @@
 """Forward + backward time of ipnp's status-aware losses against nnU-Net's ``DC_and_CE_loss``, on one batch.
 
 The trainers' step-time ratios (``trainer_overhead.py``) include the network; this isolates the loss. Each
-ipnp variant also runs with ``sum_pred_where`` done as a product-and-sum reduction instead of a batched
-matrix-vector product (``--reduction``), so one run shows which is faster on the device at hand. Variants
-are interleaved round-robin, so machine noise hits them alike; prints ms per call and the ratio to stock.
+ipnp loss runs twice: with its masked sums (``sum_pred_where``, ``sum_classes_where``) as batched matrix
+products and as multiply-and-sum reductions (``losses.MATMUL_SUMS``), so one run shows which is faster on the
+device at hand; ipnp picks products on the CPU only. Variants are interleaved round-robin, so machine noise
+hits them alike; prints ms per call and the ratio to stock.
 
     python benchmarks/loss_overhead.py --device cpu --shape 2 16 32 48 48
     python benchmarks/loss_overhead.py --device cuda                       # the phantoms' default plan
@@ -19,21 +20,16 @@ from typing import Callable, Iterator
 import torch
 
 
-def _mul_sum(p, weights):
-    return torch.stack([(p * weights[:, k:k + 1]).sum(2) for k in range(weights.shape[1])], -1)
-
-
 @contextmanager
-def _sum_pred_where(implementation: Callable | None) -> Iterator[None]:
+def _sums_as_matmul(matmul: bool | None) -> Iterator[None]:
     from ipnp.specialist import losses
 
-    original = losses.sum_pred_where
-    if implementation is not None:
-        losses.sum_pred_where = implementation
+    original = losses.MATMUL_SUMS
+    losses.MATMUL_SUMS = matmul
     try:
         yield
     finally:
-        losses.sum_pred_where = original
+        losses.MATMUL_SUMS = original
 
 
 def main() -> None:
@@ -67,19 +63,20 @@ def main() -> None:
 
     stock = DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
                            weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss)
-    variants: list[tuple[str, Callable, Callable | None]] = [("stock DC_and_CE_loss", stock, None)]
-    variants.append(("marginal", status_loss(), None))  # calls no sum_pred_where
-    for name, kwargs in (("ipnp-novls", {"pseudo_positive_only": True}),
+    variants: list[tuple[str, Callable, bool | None]] = [("stock DC_and_CE_loss", stock, None)]
+    for name, kwargs in (("marginal", {}), ("ipnp-novls", {"pseudo_positive_only": True}),
                          ("ipnp (VLS)", {"pseudo_positive_only": True, "voxel_selection": True})):
-        variants.append((f"{name}, bmm", status_loss(**kwargs), None))
-        variants.append((f"{name}, mul-sum", status_loss(**kwargs), _mul_sum))
-        with _sum_pred_where(_mul_sum):
-            reduced = variants[-1][1](logits, target).item()
-        # The two reductions must agree, or the timing compares different losses.
-        assert abs(variants[-2][1](logits, target).item() - reduced) < 1e-4 * max(1.0, abs(reduced)), name
+        loss = status_loss(**kwargs)
+        variants += [(f"{name}, matmul", loss, True), (f"{name}, mul-sum", loss, False)]
+        values = []
+        for matmul in (True, False):
+            with _sums_as_matmul(matmul):
+                values.append(loss(logits, target).item())
+        # The two forms must agree, or the timing compares different losses.
+        assert abs(values[0] - values[1]) < 1e-4 * max(1.0, abs(values[1])), (name, values)
 
-    def run(loss: Callable, implementation: Callable | None) -> float:
-        with _sum_pred_where(implementation):
+    def run(loss: Callable, matmul: bool | None) -> float:
+        with _sums_as_matmul(matmul):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -92,8 +89,8 @@ def main() -> None:
 
     times: dict[str, list[float]] = {name: [] for name, _, _ in variants}
     for step in range(args.warmup + args.steps):
-        for name, loss, implementation in variants:
-            seconds = run(loss, implementation)
+        for name, loss, matmul in variants:
+            seconds = run(loss, matmul)
             if step >= args.warmup:
                 times[name].append(seconds)
     base = sum(times[variants[0][0]]) / args.steps

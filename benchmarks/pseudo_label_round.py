@@ -74,7 +74,8 @@ class RoiGeneralist:
         pass
 
 
-def train(work: str, cases: int, profile: str, epochs: int | None, iterations: int | None, queue) -> None:
+def train(work: str, cases: int, profile: str, epochs: int | None, iterations: int | None, device: str,
+          queue) -> None:
     """Phantoms, their partial labels and a marginal specialist, unless ``work`` already holds them."""
     from ipnp.data.partial import simulate_partial_labels
     from ipnp.data.synth import synthesize_dataset
@@ -86,11 +87,11 @@ def train(work: str, cases: int, profile: str, epochs: int | None, iterations: i
         simulate_partial_labels(work_dir / "phantoms", work_dir / "partial", keep=0.67, seed=0)
     if not (work_dir / "specialist" / "specialist.json").exists():
         train_specialist(work_dir / "partial", work_dir / "specialist", "marginal", profile, epochs=epochs,
-                         iterations=iterations, device="cpu")
+                         iterations=iterations, device=device)
     queue.put({})
 
 
-def phantom_round(work: str, generalist_name: str, trust_cases: int, queue) -> None:
+def phantom_round(work: str, generalist_name: str, trust_cases: int, device: str, queue) -> None:
     """One round over the phantoms; reports the store's status, the generalist's calls and the wall time."""
     import torch
 
@@ -101,7 +102,7 @@ def phantom_round(work: str, generalist_name: str, trust_cases: int, queue) -> N
     from ipnp.specialist.predict import Specialist
 
     torch.set_num_threads(1)
-    specialist = Specialist(Path(work) / "specialist", device="cpu")
+    specialist = Specialist(Path(work) / "specialist", device=device)
     out = Path(tempfile.mkdtemp(dir=work, prefix=f"round-{generalist_name}-"))
     with make_generalist(generalist_name) as inner:
         generalist = TimedGeneralist(inner)
@@ -137,7 +138,7 @@ def ct_sized_case(work: str, shape: tuple[int, int, int], queue) -> None:
     queue.put({})
 
 
-def ct_sized_round(work: str, generalist_name: str, shape: tuple[int, int, int], queue) -> None:
+def ct_sized_round(work: str, generalist_name: str, shape: tuple[int, int, int], device: str, queue) -> None:
     """One full-size case through prediction and pseudo-labeling; reports peak RSS in GiB."""
     import torch
 
@@ -147,7 +148,7 @@ def ct_sized_round(work: str, generalist_name: str, shape: tuple[int, int, int],
     from ipnp.specialist.predict import Specialist
 
     torch.set_num_threads(1)
-    specialist = Specialist(Path(work) / "specialist", device="cpu")
+    specialist = Specialist(Path(work) / "specialist", device=device)
     out = Path(tempfile.mkdtemp(dir=work, prefix="ct-sized-out-"))
     before = _peak_gib()
     with RoiGeneralist() if generalist_name == "roi" else make_generalist(generalist_name) as inner:
@@ -201,6 +202,7 @@ def main() -> None:
     parser.add_argument("--skip-ct", action="store_true", help="only the phantom part")
     parser.add_argument("--rss-limit-gib", type=float, default=10.0, help="kill a part whose RSS passes this")
     parser.add_argument("--work", type=Path, default=None, help="reuses the phantoms and specialist found there")
+    parser.add_argument("--device", default="cpu", help="where the specialist trains and predicts (cpu, cuda)")
     args = parser.parse_args()
     os.environ.setdefault("nnUNet_def_n_proc", "1")
     os.environ.setdefault("nnUNet_n_proc_DA", "0")
@@ -209,14 +211,17 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="ipnp-round-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    if watched(train, (str(work), args.cases, args.profile, args.epochs, args.iterations), args.rss_limit_gib) is None:
+    if watched(train, (str(work), args.cases, args.profile, args.epochs, args.iterations, args.device),
+               args.rss_limit_gib) is None:
         return
-    result = watched(phantom_round, (str(work), args.generalist, 0), args.rss_limit_gib)
-    trusting = watched(phantom_round, (str(work), args.generalist, RefineSettings().trust_cases), args.rss_limit_gib)
+    result = watched(phantom_round, (str(work), args.generalist, 0, args.device), args.rss_limit_gib)
+    trusting = watched(phantom_round, (str(work), args.generalist, RefineSettings().trust_cases, args.device),
+                       args.rss_limit_gib)
     if result is None or trusting is None:
         return
     status = result["status"]
-    print(f"phantoms: {len(status['cases'])} cases, generalist {args.generalist}, profile {args.profile}, CPU, 1 thread")
+    print(f"phantoms: {len(status['cases'])} cases, generalist {args.generalist}, profile {args.profile}, specialist on "
+          f"{args.device}, 1 CPU thread")
     print(f"{'case':<14} {'organs':>6} {'predict':>8} {'general.':>9} {'refine':>7} {'io':>6}  (seconds)")
     sums = {"predict": 0.0, "generalist": 0.0, "refine": 0.0, "io": 0.0}
     for case, entry in status["cases"].items():
@@ -227,10 +232,17 @@ def main() -> None:
     print(f"{'total':<14} {'':>6} {sums['predict']:8.2f} {sums['generalist']:9.2f} {sums['refine']:7.2f} {sums['io']:6.2f}")
     print(f"counts: {status['counts']}; peak RSS of the round process {result['peak_gib']:.2f} GiB")
     _print_calls(result["calls"])
+    trust = trusting["status"]["trust"]
+    untrusted = [o for o, t in trust["organs"].items() if not t["trusted"]]
+    print(f"with the trust test (trust_cases {RefineSettings().trust_cases}): {trust['seconds']:.1f} s, organs not "
+          f"trusted {untrusted}, counts {trusting['status']['counts']}")
+    predict = sum(entry["seconds"]["predict"] for entry in trusting["status"]["cases"].values())
+    print(f"round time / specialist prediction time: {result['seconds'] / sums['predict']:.2f} (the paper's round); "
+          f"{trusting['seconds'] / predict:.2f} with the trust test")
     if not args.skip_ct and watched(ct_sized_case, (str(work), tuple(args.ct_shape)), args.rss_limit_gib) is None:
         return
     for name in () if args.skip_ct else ("roi", args.generalist):
-        ct = watched(ct_sized_round, (str(work), name, tuple(args.ct_shape)), args.rss_limit_gib)
+        ct = watched(ct_sized_round, (str(work), name, tuple(args.ct_shape), args.device), args.rss_limit_gib)
         if ct is not None:
             split = ", ".join(f"{k} {v:.1f} s" for k, v in ct["split"].items())
             print(f"CT-sized {tuple(args.ct_shape)}, 16 classes, generalist {name}: peak RSS {ct['peak_gib']:.2f} GiB "
@@ -239,13 +251,6 @@ def main() -> None:
             _print_calls(ct["calls"])
         else:
             print(f"CT-sized, generalist {name}: no result")
-    trust = trusting["status"]["trust"]
-    untrusted = [o for o, t in trust["organs"].items() if not t["trusted"]]
-    print(f"with the trust test (trust_cases {RefineSettings().trust_cases}): {trust['seconds']:.1f} s, organs not "
-          f"trusted {untrusted}, counts {trusting['status']['counts']}")
-    predict = sum(entry["seconds"]["predict"] for entry in trusting["status"]["cases"].values())
-    print(f"round time / specialist prediction time: {result['seconds'] / sums['predict']:.2f} (the paper's round); "
-          f"{trusting['seconds'] / predict:.2f} with the trust test")
 
 
 def _print_calls(calls: list[tuple[float, int]]) -> None:

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from ipnp.specialist import losses
 from ipnp.specialist.losses import LABELED, PSEUDO, UNKNOWN, MarginalDiceCELoss, PartialBCEDiceLoss
 
 
@@ -182,10 +183,15 @@ def _reference_marginal_loss(logits, target, status, vls, positive_only, smooth=
     return ce + torch.stack(dice_terms).mean()
 
 
+@pytest.mark.parametrize("matmul_sums", [None, False], ids=["by-device", "mul-sum"])
 @pytest.mark.parametrize("vls", [False, True])
 @pytest.mark.parametrize("positive_only", [False, True])
-def test_marginal_loss_matches_its_voxelwise_definition(vls, positive_only):
-    """Every status mix, each sample its own: the fused sums equal the loss written out with one-hot tensors."""
+def test_marginal_loss_matches_its_voxelwise_definition(vls, positive_only, matmul_sums, monkeypatch):
+    """Every status mix, each sample its own: the fused sums equal the loss written out with one-hot tensors.
+
+    ``mul-sum`` is the form the masked sums take on a GPU; here it runs on the CPU.
+    """
+    monkeypatch.setattr(losses, "MATMUL_SUMS", matmul_sums)
     logits, target = _batch(b=3, c=5, seed=3)
     logits = logits * 3  # confident enough that VLS drops a share of the pseudo voxels
     status = torch.tensor([[LABELED, LABELED, PSEUDO, UNKNOWN, PSEUDO],

@@ -71,12 +71,29 @@ def _dice_from_sums(
     return -(dc * weight).sum() / weight.sum().clamp_min(1)
 
 
-def sum_pred_where(p: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Per sample and class, the predicted probability summed under each of ``weights`` (b, k, voxels): (b, c, k).
+# Which form the two masked sums below take: None picks by device. On the CPU a batched matrix product reads
+# ``p`` once and is the faster (1.15x -> 0.97x stock's loss); on a GPU the same product, with a tiny output over
+# ~10^6 voxels, is 2-4x slower than multiplying and summing (H200: the VLS loss 4.3x stock's with products,
+# 1.9x without; BENCHMARKS.md, "trainer overhead"). benchmarks/loss_overhead.py sets it to time both forms.
+MATMUL_SUMS: bool | None = None
 
-    One product for all k weightings reads ``p`` once; each separate sum would read all of it again.
-    """
-    return torch.bmm(p, weights.transpose(1, 2))
+
+def _matmul_sums(p: torch.Tensor) -> bool:
+    return p.device.type == "cpu" if MATMUL_SUMS is None else MATMUL_SUMS
+
+
+def sum_pred_where(p: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per sample and class, the predicted probability summed under each of ``weights`` (b, k, voxels): (b, c, k)."""
+    if _matmul_sums(p):
+        return torch.bmm(p, weights.transpose(1, 2))
+    return torch.stack([(p * w[:, None]).sum(2) for w in weights.unbind(1)], -1)
+
+
+def sum_classes_where(p: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per sample and voxel, the probabilities of the classes summed with ``weights`` (b, c): (b, 1, voxels)."""
+    if _matmul_sums(p):
+        return torch.bmm(weights[:, None], p)
+    return (p * weights[:, :, None]).sum(1, keepdim=True)
 
 
 class MarginalDiceCELoss(StatusAwareLoss):
@@ -118,10 +135,9 @@ class MarginalDiceCELoss(StatusAwareLoss):
         if self.pseudo_positive_only:
             merged_host, merged = merged_host | (host == PSEUDO), merged | (status == PSEUDO)
         if merged_host.any():
-            unknown = merged.to(p.dtype)[:, None]
             # log(p_bg + sum of unknown p): logaddexp keeps the background's gradient exact even where the
             # unknown organs' probability underflows.
-            p_unknown = torch.bmm(unknown, p).clamp_min(1e-38)
+            p_unknown = sum_classes_where(p, merged.to(p.dtype)).clamp_min(1e-38)
             log_p_target = torch.where(t == 0, torch.logaddexp(log_p[:, :1], p_unknown.log()), log_p_target)
 
         if self.voxel_selection:
