@@ -237,11 +237,20 @@ def main() -> None:
     print(f"with the trust test (trust_cases {RefineSettings().trust_cases}): {trust['seconds']:.1f} s, organs not "
           f"trusted {untrusted}, counts {trusting['status']['counts']}")
     predict = sum(entry["seconds"]["predict"] for entry in trusting["status"]["cases"].values())
-    print(f"round time / specialist prediction time: {result['seconds'] / sums['predict']:.2f} (the paper's round); "
-          f"{trusting['seconds'] / predict:.2f} with the trust test")
-    if not args.skip_ct and watched(ct_sized_case, (str(work), tuple(args.ct_shape)), args.rss_limit_gib) is None:
+    # Printed here, so that a run stopped during the CT-sized part still has it, and again as the last line.
+    ratio_line = (f"round time / specialist prediction time: {result['seconds'] / sums['predict']:.2f} (the paper's round); "
+                  f"{trusting['seconds'] / predict:.2f} with the trust test")
+    print(ratio_line)
+    if not args.skip_ct:
+        ct_sized_part(work, args)
+        print(ratio_line)
+
+
+def ct_sized_part(work: Path, args: argparse.Namespace) -> None:
+    """The CT-sized case through a round with ``roi``, then with the chosen generalist: peak RSS and times."""
+    if watched(ct_sized_case, (str(work), tuple(args.ct_shape)), args.rss_limit_gib) is None:
         return
-    for name in () if args.skip_ct else ("roi", args.generalist):
+    for name in ("roi", args.generalist):
         ct = watched(ct_sized_round, (str(work), name, tuple(args.ct_shape), args.device), args.rss_limit_gib)
         if ct is not None:
             split = ", ".join(f"{k} {v:.1f} s" for k, v in ct["split"].items())
