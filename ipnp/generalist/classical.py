@@ -53,6 +53,7 @@ _EM_ITERATIONS = 3
 _PIN_ROUNDS = 6
 _SLICE_SMOOTHNESS = 0.5  # edge weight of the 2D cuts; weak: soft-tissue edges are weak in CT
 _SLICE_PRIOR_WEIGHT = 1.0  # weight of the ellipse prior's log-odds in the 2D cuts
+_BORDER_PRIOR = 0.4  # at most this ellipse prior where a box clipped by the image border may or may not hold organ
 _OBLIQUE_RATIO = 0.6  # organ width on the crossing line / box width below which a slice is re-traced
 _DP_STEP = 2  # voxels an interval's end may move from one row to the next
 _DP_MOVE_COST = 1.5  # per voxel an interval's end moves from one row to the next: no jumps into side gaps
@@ -124,7 +125,12 @@ class ClassicalGeneralist(Generalist):
         axial = _box_in(_tight_box(prompts.axial.bounds, image.shape, self.padding), work, order)
         sagittal = _box_in(_tight_box(prompts.sagittal.bounds, image.shape, self.padding), work, order)
         # Tight ranges: (rows, cols) of the axial slice, (y, x), and of the sagittal slice, (z, y).
-        crop = _segment_within_budget(volume, axial[0][0], sagittal[2][0], [axial[1], axial[2]], [sagittal[0], sagittal[1]])
+        sure_a = _box_in(_sure_box(prompts.axial.bounds, image.shape, self.padding), work, order)
+        sure_s = _box_in(_sure_box(prompts.sagittal.bounds, image.shape, self.padding), work, order)
+        crop = _segment_within_budget(
+            volume, axial[0][0], sagittal[2][0], [axial[1], axial[2]], [sagittal[0], sagittal[1]],
+            [sure_a[1], sure_a[2]], [sure_s[0], sure_s[1]],
+        )
 
         mask = np.zeros(image.shape, dtype=bool)
         mask[work] = np.transpose(crop, np.argsort(order))
@@ -141,17 +147,40 @@ def _tight_box(bounds: tuple[Range, Range, Range], shape: tuple[int, ...], paddi
     return tight
 
 
+def _sure_box(bounds: tuple[Range, Range, Range], shape: tuple[int, ...], padding: int) -> list[Range]:
+    """The part of the tight box that the organ certainly spans. A side clipped by the image border says
+    only that the organ ends within ``padding`` voxels of the border (or is cut off by it): of that side,
+    only the voxel ``padding - 1`` from the border surely holds organ."""
+    sure = []
+    for (lo, hi), (tlo, thi), size in zip(bounds, _tight_box(bounds, shape, padding), shape):
+        if hi - lo > 1 and thi - tlo > 1:
+            if lo == 0:
+                tlo = min(padding - 1, thi - 1)
+            if hi == size:
+                thi = max(size - padding + 1, tlo + 1)
+        sure.append((tlo, thi))
+    return sure
+
+
 def _box_in(bounds: list[Range], work: tuple[slice, ...], order: tuple[int, int, int]) -> list[Range]:
     """Bounds relative to the work crop, in the crop's transposed axis order."""
     return [(bounds[a][0] - work[a].start, bounds[a][1] - work[a].start) for a in order]
 
 
-def _segment_within_budget(volume: np.ndarray, za: int, xs: int, tight_a: list[Range], tight_s: list[Range]) -> np.ndarray:
+def _segment_within_budget(
+    volume: np.ndarray,
+    za: int,
+    xs: int,
+    tight_a: list[Range],
+    tight_s: list[Range],
+    sure_a: list[Range] | None = None,
+    sure_s: list[Range] | None = None,
+) -> np.ndarray:
     """:func:`_segment_crop`, on a grid ``stride`` times coarser (through both prompt slices) when the crop
     exceeds the voxel budget; the coarse mask is brought back to the crop's grid by nearest neighbour."""
     stride = max(1, math.ceil((volume.size / _VOXEL_BUDGET) ** (1 / 3)))
     if stride == 1:
-        return _segment_crop(volume, za, xs, tight_a, tight_s)
+        return _segment_crop(volume, za, xs, tight_a, tight_s, sure_a, sure_s)
     origin = (za % stride, 0, xs % stride)  # the coarse grid keeps both prompt slices
     grid = tuple(slice(o, None, stride) for o in origin)
     coarse = ndimage.gaussian_filter(volume.astype(np.float32), stride / 2)[grid]  # low-passed, not aliased
@@ -161,7 +190,9 @@ def _segment_within_budget(volume: np.ndarray, za: int, xs: int, tight_a: list[R
         return lo, max(lo + 1, (span[1] - 1 - origin[axis]) // stride + 1)
 
     mask = _segment_crop(coarse, (za - origin[0]) // stride, (xs - origin[2]) // stride,
-                         [down(tight_a[0], 1), down(tight_a[1], 2)], [down(tight_s[0], 0), down(tight_s[1], 1)])
+                         [down(tight_a[0], 1), down(tight_a[1], 2)], [down(tight_s[0], 0), down(tight_s[1], 1)],
+                         None if sure_a is None else [down(sure_a[0], 1), down(sure_a[1], 2)],
+                         None if sure_s is None else [down(sure_s[0], 0), down(sure_s[1], 1)])
     nearest = [
         np.clip(np.floor((np.arange(n) - o) / stride + 0.5).astype(int), 0, c - 1)
         for n, o, c in zip(volume.shape, origin, mask.shape)
@@ -169,13 +200,23 @@ def _segment_within_budget(volume: np.ndarray, za: int, xs: int, tight_a: list[R
     return mask[np.ix_(*nearest)]
 
 
-def _segment_crop(volume: np.ndarray, za: int, xs: int, tight_a: list[Range], tight_s: list[Range]) -> np.ndarray:
-    """The organ in a canonical crop: axis 0 across axial slices (``za``), axis 2 across sagittal ones (``xs``)."""
+def _segment_crop(
+    volume: np.ndarray,
+    za: int,
+    xs: int,
+    tight_a: list[Range],
+    tight_s: list[Range],
+    sure_a: list[Range] | None = None,
+    sure_s: list[Range] | None = None,
+) -> np.ndarray:
+    """The organ in a canonical crop: axis 0 across axial slices (``za``), axis 2 across sagittal ones (``xs``).
+
+    ``sure_a``/``sure_s`` are the parts of the tight boxes the organ surely spans (default: all of them)."""
     volume = volume.astype(np.float32)
     # The prompt slices are smoothed in-plane only: thin structures keep their contrast.
     axial_image = ndimage.gaussian_filter(volume[za], _SLICE_SMOOTH_SIGMA)
     sagittal_image = ndimage.gaussian_filter(volume[:, :, xs], _SLICE_SMOOTH_SIGMA)
-    axial, sagittal = _segment_slices(axial_image, sagittal_image, tight_a, tight_s, za, xs)
+    axial, sagittal = _segment_slices(axial_image, sagittal_image, tight_a, tight_s, za, xs, sure_a, sure_s)
     smooth = ndimage.gaussian_filter(volume, _SMOOTH_SIGMA)
     axial, sagittal = _redo_from_other_slice(
         smooth, axial_image, sagittal_image, axial, sagittal, tight_a, tight_s, za, xs
@@ -251,10 +292,14 @@ def _terminal_edges(graph: maxflow.Graph, ids: np.ndarray, unary: np.ndarray, fg
 # --- 2D: the prompt slices ------------------------------------------------------------------------------
 
 
-def _ellipse_prior(shape: tuple[int, int], rows: Range, cols: Range) -> tuple[np.ndarray, np.ndarray]:
-    """A soft ellipse inscribed in a tight box (0.1 to 0.9 inside it) and the box's mask."""
+def _ellipse_prior(
+    shape: tuple[int, int], rows: Range, cols: Range, reach: list[Range] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A soft ellipse inscribed in a tight box (0.1 to 0.9 inside ``reach``, by default the box itself)
+    and the mask of ``reach``."""
+    reach = reach or [rows, cols]
     inside = np.zeros(shape, dtype=bool)
-    inside[rows[0] : rows[1], cols[0] : cols[1]] = True
+    inside[reach[0][0] : reach[0][1], reach[1][0] : reach[1][1]] = True
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(float)
     radius = np.hypot(
         (yy - (rows[0] + rows[1] - 1) / 2) / ((rows[1] - rows[0]) / 2),
@@ -300,10 +345,20 @@ def _segment_slices(
     tight_s: list[Range],
     za: int,
     xs: int,
+    sure_a: list[Range] | None = None,
+    sure_s: list[Range] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Joint GrabCut of the axial (y, x) and sagittal (z, y) prompt slices, crossing at y-line (za, xs)."""
-    prior_a, box_a = _ellipse_prior(axial_image.shape, *tight_a)
-    prior_s, box_s = _ellipse_prior(sagittal_image.shape, *tight_s)
+    """Joint GrabCut of the axial (y, x) and sagittal (z, y) prompt slices, crossing at y-line (za, xs).
+
+    The ellipse prior is inscribed in the part of each tight box that the organ surely spans (``sure_a``,
+    ``sure_s``); between it and a side clipped by the image border the organ may end or go on, and the
+    ellipse inscribed in the whole tight box gives at most ``_BORDER_PRIOR`` there. Pins keep to the sure
+    part."""
+    sure_a, sure_s = sure_a or tight_a, sure_s or tight_s
+    prior_a, box_a = _ellipse_prior(axial_image.shape, *sure_a, reach=tight_a)
+    prior_s, box_s = _ellipse_prior(sagittal_image.shape, *sure_s, reach=tight_s)
+    prior_a = np.maximum(prior_a, np.minimum(_ellipse_prior(axial_image.shape, *tight_a)[0], _BORDER_PRIOR))
+    prior_s = np.maximum(prior_s, np.minimum(_ellipse_prior(sagittal_image.shape, *tight_s)[0], _BORDER_PRIOR))
     # On the crossing line each slice's organ lies within the other's tight y-range.
     box_a[:, xs] &= _range_mask(axial_image.shape[0], tight_s[1])
     box_s[za, :] &= _range_mask(axial_image.shape[0], tight_a[0])
@@ -323,8 +378,8 @@ def _segment_slices(
             axial, sagittal = _cut_slice_pair(
                 axial_image, sagittal_image, unary_a, unary_s, box_a, box_s, pins_a, pins_s, za, xs, sigma
             )
-            pinned_a = _pin_empty_lines(axial, unary_a, box_a, *tight_a, pins_a)
-            pinned_s = _pin_empty_lines(sagittal, unary_s, box_s, *tight_s, pins_s)
+            pinned_a = _pin_empty_lines(axial, unary_a, box_a, *sure_a, pins_a)
+            pinned_s = _pin_empty_lines(sagittal, unary_s, box_s, *sure_s, pins_s)
             if not (pinned_a or pinned_s):
                 break
         # Soft masks as the next histogram weights keep EM from locking onto the first cut's boundary.
