@@ -223,7 +223,8 @@ def _segment_crop(
     )
     if not (axial.any() or sagittal.any()):
         return np.zeros(volume.shape, dtype=bool)
-    return _segment_volume(smooth, axial, sagittal, za, xs, tight_s[0], tight_a[1])
+    sure_a, sure_s = sure_a or tight_a, sure_s or tight_s
+    return _segment_volume(smooth, axial, sagittal, za, xs, tight_s[0], tight_a[1], sure_s[0], sure_a[1])
 
 
 # --- intensity models -------------------------------------------------------------------------------
@@ -587,12 +588,15 @@ def _best_predecessor(table: np.ndarray, state: tuple[int, int]) -> tuple[int, i
 
 
 def _segment_volume(
-    smooth: np.ndarray, axial: np.ndarray, sagittal: np.ndarray, za: int, xs: int, z_span: Range, x_span: Range
+    smooth: np.ndarray, axial: np.ndarray, sagittal: np.ndarray, za: int, xs: int, z_span: Range, x_span: Range,
+    z_sure: Range | None = None, x_sure: Range | None = None,
 ) -> np.ndarray:
     """Graph cut of the crop: intensity LLR + swept shape prior + random-walker probability, and a
     penalty outside the organ's extent where the prior does not reach.
 
-    ``z_span`` and ``x_span`` are the tight ranges of the sagittal box along z and of the axial box along x.
+    ``z_span`` and ``x_span`` are the tight ranges of the sagittal box along z and of the axial box along x;
+    ``z_sure`` and ``x_sure`` the parts of them the organ surely spans (they differ at a side clipped by the
+    image border).
     """
     on_slices = np.zeros(smooth.shape, dtype=bool)
     on_slices[za] = True
@@ -611,8 +615,10 @@ def _segment_volume(
     model = _IntensityModel(values, *weights, _VOLUME_BANDWIDTH)
     # The organ's extent along z and x: the other slice's box, centred on the prompt slice (prompts are
     # median slices, which lie mid-extent) and clipped to the crop.
-    z_span = _centred(z_span, za, smooth.shape[0])
-    x_span = _centred(x_span, xs, smooth.shape[2])
+    # A side clipped by the image border is uncertain: the span is centred on what the organ surely spans
+    # (``z_sure``, ``x_sure``; default the whole span), and reaches to the border all the same.
+    z_span = _hull(_centred(z_sure or z_span, za, smooth.shape[0]), z_span)
+    x_span = _hull(_centred(x_sure or x_span, xs, smooth.shape[2]), x_span)
     # Each slice mask swept across its extent: the axial one along z, the sagittal one along x (the same
     # sweep on the crop with z and x swapped), so that an organ running along either axis is covered.
     along_z = _swept_prior(smooth, axial, sagittal, za, xs, z_span)
@@ -649,6 +655,11 @@ def _extent(shape: tuple[int, ...], axial: np.ndarray, sagittal: np.ndarray, z_s
     if rows.size:
         box[z_span[0] : z_span[1], rows[0] : rows[-1] + 1, x_span[0] : x_span[1]] = True
     return box
+
+
+def _hull(a: Range, b: Range) -> Range:
+    """The smallest range holding both ranges."""
+    return min(a[0], b[0]), max(a[1], b[1])
 
 
 def _centred(span: Range, centre: int, size: int) -> Range:
