@@ -100,6 +100,33 @@ def test_boxes_clipped_at_the_image_border(phantom: tuple[np.ndarray, np.ndarray
         assert (mask & (label == organ)).sum() > 0.5 * mask.sum()
 
 
+def test_a_box_side_clipped_by_the_border_is_uncertain() -> None:
+    # Padding 6: a box reaching the border says only that the organ ends within 6 voxels of it.
+    bounds = ((0, 20), (10, 30), (7, 8))
+    assert classical._tight_box(bounds, (20, 40, 40), 6) == [(0, 20), (16, 24), (7, 8)]
+    assert classical._sure_box(bounds, (20, 40, 40), 6) == [(5, 15), (16, 24), (7, 8)]
+
+
+def test_an_organ_ending_short_of_the_border_is_not_stretched_to_it() -> None:
+    """A bright block ending 4 slices before the image's last one, beneath air (the lung above the
+    spleen): its box reaches the border, the block does not. Pinning the box's last slice took in the air
+    (171 voxels of it; now none)."""
+    rng = np.random.default_rng(0)
+    shape = (24, 32, 32)
+    image = rng.normal(40, 10, shape).astype(np.float32)
+    organ = np.zeros(shape, bool)
+    organ[6:20, 10:22, 10:22] = True
+    image[organ] = rng.normal(120, 10, int(organ.sum()))
+    image[20:] = rng.normal(-800, 30, image[20:].shape)
+    prompts = box_prompts(organ)
+    assert prompts.sagittal.bounds[0][1] == shape[0]  # clipped by the border
+    generalist = ClassicalGeneralist()
+    generalist.set_image(image, (3.0, 3.0, 3.0))
+    mask = generalist.segment(prompts)
+    assert 2 * (mask & organ).sum() / (mask.sum() + organ.sum()) > 0.95
+    assert mask[20:].sum() < 20
+
+
 def test_segment_needs_an_image() -> None:
     ball = np.zeros((16, 16, 16), bool)
     ball[6:10, 6:10, 6:10] = True
