@@ -70,6 +70,7 @@ _RW_BETA = 1000.0
 _RW_WEIGHT = 1.0
 _VOLUME_SMOOTHNESS = 1.0
 _PRIOR_FLOOR = 0.01  # a prior below this counts as no prior
+_FACE_PRIOR = 0.2  # the crop's faces seed the walk as background where the prior is below this
 _EXTENT_PENALTY = 3.0  # per voxel outside the organ's extent (from the boxes) where the prior does not reach
 _TRACK_MARGIN = 3  # voxels of context around the axial mask compared while tracking
 _TRACK_S_WEIGHT = 0.3  # weight of agreeing with the sagittal mask while tracking
@@ -628,7 +629,9 @@ def _segment_volume(
     outside = ~_extent(smooth.shape, axial, sagittal, z_span, x_span)
     # Where neither the extent nor the prior leaves room for the organ, the walk starts from background:
     # this also leaves the walk far fewer unknowns.
-    walk = _random_walk(smooth, organ, background | (outside & (prior < _PRIOR_FLOOR) & ~organ))
+    # The crop's faces are background too, except where the prior reaches them: an organ may leave the ROI
+    # (a pancreatic tail beyond the axial box), and a face seed there would pull the walk to zero near it.
+    walk = _random_walk(smooth, organ, background | (outside & (prior < _PRIOR_FLOOR) & ~organ), prior < _FACE_PRIOR)
     unary = model(smooth, _LLR_CLIP) + _logit(prior, _PRIOR_CLIP) + _RW_WEIGHT * _logit(walk, 0.01)
     unary -= _EXTENT_PENALTY * outside * (1 - prior)
 
@@ -668,14 +671,19 @@ def _centred(span: Range, centre: int, size: int) -> Range:
     return max(0, min(lo, 2 * centre + 1 - hi)), min(size, max(hi, 2 * centre + 1 - lo))
 
 
-def _random_walk(smooth: np.ndarray, organ: np.ndarray, background: np.ndarray) -> np.ndarray:
+def _random_walk(
+    smooth: np.ndarray, organ: np.ndarray, background: np.ndarray, faces_allowed: np.ndarray | None = None
+) -> np.ndarray:
     """Probability that a random walker from each voxel first reaches the organ seeds (Grady 2006).
 
-    ``background`` and the crop's faces (the ROI's border, beyond the boxes) are background seeds.
+    ``background`` and the crop's faces (the ROI's border, beyond the boxes; only where ``faces_allowed``,
+    if given) are background seeds.
     """
     seeds = np.where(background, 2, 0)
     faces = np.ones(smooth.shape, dtype=bool)
     faces[1:-1, 1:-1, 1:-1] = False
+    if faces_allowed is not None:
+        faces &= faces_allowed
     seeds[faces] = 2
     seeds[organ] = 1
     # Intensities in units of the crop's spread (air and metal clipped so as not to dominate it): beta then
