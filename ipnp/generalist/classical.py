@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import NamedTuple
 
 import maxflow
 import numpy as np
@@ -128,10 +129,8 @@ class ClassicalGeneralist(Generalist):
         # Tight ranges: (rows, cols) of the axial slice, (y, x), and of the sagittal slice, (z, y).
         sure_a = _box_in(_sure_box(prompts.axial.bounds, image.shape, self.padding), work, order)
         sure_s = _box_in(_sure_box(prompts.sagittal.bounds, image.shape, self.padding), work, order)
-        crop = _segment_within_budget(
-            volume, axial[0][0], sagittal[2][0], [axial[1], axial[2]], [sagittal[0], sagittal[1]],
-            [sure_a[1], sure_a[2]], [sure_s[0], sure_s[1]],
-        )
+        boxes = SliceBoxes([axial[1], axial[2]], [sagittal[0], sagittal[1]], [sure_a[1], sure_a[2]], [sure_s[0], sure_s[1]])
+        crop = _segment_within_budget(volume, axial[0][0], sagittal[2][0], boxes)
 
         mask = np.zeros(image.shape, dtype=bool)
         mask[work] = np.transpose(crop, np.argsort(order))
@@ -168,20 +167,26 @@ def _box_in(bounds: list[Range], work: tuple[slice, ...], order: tuple[int, int,
     return [(bounds[a][0] - work[a].start, bounds[a][1] - work[a].start) for a in order]
 
 
-def _segment_within_budget(
-    volume: np.ndarray,
-    za: int,
-    xs: int,
-    tight_a: list[Range],
-    tight_s: list[Range],
-    sure_a: list[Range] | None = None,
-    sure_s: list[Range] | None = None,
-) -> np.ndarray:
+class SliceBoxes(NamedTuple):
+    """The prompt slices' boxes in the crop: tight (rows, cols) of the axial slice, (y, x), and of the sagittal
+    slice, (z, y); and the parts of them the organ surely spans, which differ at a side clipped by the border."""
+
+    tight_a: list[Range]
+    tight_s: list[Range]
+    sure_a: list[Range]
+    sure_s: list[Range]
+
+
+# The crop axes that each box's (rows, cols) run along, in SliceBoxes' order.
+_BOX_AXES = ((1, 2), (0, 1), (1, 2), (0, 1))
+
+
+def _segment_within_budget(volume: np.ndarray, za: int, xs: int, boxes: SliceBoxes) -> np.ndarray:
     """:func:`_segment_crop`, on a grid ``stride`` times coarser (through both prompt slices) when the crop
     exceeds the voxel budget; the coarse mask is brought back to the crop's grid by nearest neighbour."""
     stride = max(1, math.ceil((volume.size / _VOXEL_BUDGET) ** (1 / 3)))
     if stride == 1:
-        return _segment_crop(volume, za, xs, tight_a, tight_s, sure_a, sure_s)
+        return _segment_crop(volume, za, xs, boxes)
     origin = (za % stride, 0, xs % stride)  # the coarse grid keeps both prompt slices
     grid = tuple(slice(o, None, stride) for o in origin)
     coarse = ndimage.gaussian_filter(volume.astype(np.float32), stride / 2)[grid]  # low-passed, not aliased
@@ -190,10 +195,8 @@ def _segment_within_budget(
         lo = -(-(span[0] - origin[axis]) // stride)
         return lo, max(lo + 1, (span[1] - 1 - origin[axis]) // stride + 1)
 
-    mask = _segment_crop(coarse, (za - origin[0]) // stride, (xs - origin[2]) // stride,
-                         [down(tight_a[0], 1), down(tight_a[1], 2)], [down(tight_s[0], 0), down(tight_s[1], 1)],
-                         None if sure_a is None else [down(sure_a[0], 1), down(sure_a[1], 2)],
-                         None if sure_s is None else [down(sure_s[0], 0), down(sure_s[1], 1)])
+    coarse_boxes = SliceBoxes(*([down(rows, a), down(cols, b)] for (rows, cols), (a, b) in zip(boxes, _BOX_AXES)))
+    mask = _segment_crop(coarse, (za - origin[0]) // stride, (xs - origin[2]) // stride, coarse_boxes)
     nearest = [
         np.clip(np.floor((np.arange(n) - o) / stride + 0.5).astype(int), 0, c - 1)
         for n, o, c in zip(volume.shape, origin, mask.shape)
@@ -201,18 +204,9 @@ def _segment_within_budget(
     return mask[np.ix_(*nearest)]
 
 
-def _segment_crop(
-    volume: np.ndarray,
-    za: int,
-    xs: int,
-    tight_a: list[Range],
-    tight_s: list[Range],
-    sure_a: list[Range] | None = None,
-    sure_s: list[Range] | None = None,
-) -> np.ndarray:
-    """The organ in a canonical crop: axis 0 across axial slices (``za``), axis 2 across sagittal ones (``xs``).
-
-    ``sure_a``/``sure_s`` are the parts of the tight boxes the organ surely spans (default: all of them)."""
+def _segment_crop(volume: np.ndarray, za: int, xs: int, boxes: SliceBoxes) -> np.ndarray:
+    """The organ in a canonical crop: axis 0 across axial slices (``za``), axis 2 across sagittal ones (``xs``)."""
+    tight_a, tight_s, sure_a, sure_s = boxes
     volume = volume.astype(np.float32)
     # The prompt slices are smoothed in-plane only: thin structures keep their contrast.
     axial_image = ndimage.gaussian_filter(volume[za], _SLICE_SMOOTH_SIGMA)
@@ -224,7 +218,6 @@ def _segment_crop(
     )
     if not (axial.any() or sagittal.any()):
         return np.zeros(volume.shape, dtype=bool)
-    sure_a, sure_s = sure_a or tight_a, sure_s or tight_s
     return _segment_volume(smooth, axial, sagittal, za, xs, tight_s[0], tight_a[1], sure_s[0], sure_a[1])
 
 
