@@ -340,8 +340,8 @@ def _segment_slices(
     tight_s: list[Range],
     za: int,
     xs: int,
-    sure_a: list[Range] | None = None,
-    sure_s: list[Range] | None = None,
+    sure_a: list[Range],
+    sure_s: list[Range],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Joint GrabCut of the axial (y, x) and sagittal (z, y) prompt slices, crossing at y-line (za, xs).
 
@@ -349,7 +349,6 @@ def _segment_slices(
     ``sure_s``); between it and a side clipped by the image border the organ may end or go on, and the
     ellipse inscribed in the whole tight box gives at most ``_BORDER_PRIOR`` there. Pins keep to the sure
     part."""
-    sure_a, sure_s = sure_a or tight_a, sure_s or tight_s
     prior_a, box_a = _ellipse_prior(axial_image.shape, *sure_a, reach=tight_a)
     prior_s, box_s = _ellipse_prior(sagittal_image.shape, *sure_s, reach=tight_s)
     prior_a = np.maximum(prior_a, np.minimum(_ellipse_prior(axial_image.shape, *tight_a)[0], _BORDER_PRIOR))
@@ -583,7 +582,7 @@ def _best_predecessor(table: np.ndarray, state: tuple[int, int]) -> tuple[int, i
 
 def _segment_volume(
     smooth: np.ndarray, axial: np.ndarray, sagittal: np.ndarray, za: int, xs: int, z_span: Range, x_span: Range,
-    z_sure: Range | None = None, x_sure: Range | None = None,
+    z_sure: Range, x_sure: Range,
 ) -> np.ndarray:
     """Graph cut of the crop: intensity LLR + swept shape prior + random-walker probability, and a
     penalty outside the organ's extent where the prior does not reach.
@@ -610,9 +609,9 @@ def _segment_volume(
     # The organ's extent along z and x: the other slice's box, centred on the prompt slice (prompts are
     # median slices, which lie mid-extent) and clipped to the crop.
     # A side clipped by the image border is uncertain: the span is centred on what the organ surely spans
-    # (``z_sure``, ``x_sure``; default the whole span), and reaches to the border all the same.
-    z_span = _hull(_centred(z_sure or z_span, za, smooth.shape[0]), z_span)
-    x_span = _hull(_centred(x_sure or x_span, xs, smooth.shape[2]), x_span)
+    # (``z_sure``, ``x_sure``), and reaches to the border all the same.
+    z_span = _hull(_centred(z_sure, za, smooth.shape[0]), z_span)
+    x_span = _hull(_centred(x_sure, xs, smooth.shape[2]), x_span)
     # Each slice mask swept across its extent: the axial one along z, the sagittal one along x (the same
     # sweep on the crop with z and x swapped), so that an organ running along either axis is covered.
     along_z = _swept_prior(smooth, axial, sagittal, za, xs, z_span)
@@ -664,19 +663,16 @@ def _centred(span: Range, centre: int, size: int) -> Range:
     return max(0, min(lo, 2 * centre + 1 - hi)), min(size, max(hi, 2 * centre + 1 - lo))
 
 
-def _random_walk(
-    smooth: np.ndarray, organ: np.ndarray, background: np.ndarray, faces_allowed: np.ndarray | None = None
-) -> np.ndarray:
+def _random_walk(smooth: np.ndarray, organ: np.ndarray, background: np.ndarray, faces_allowed: np.ndarray) -> np.ndarray:
     """Probability that a random walker from each voxel first reaches the organ seeds (Grady 2006).
 
-    ``background`` and the crop's faces (the ROI's border, beyond the boxes; only where ``faces_allowed``,
-    if given) are background seeds.
+    ``background`` and the crop's faces (the ROI's border, beyond the boxes) where ``faces_allowed`` holds are
+    background seeds.
     """
     seeds = np.where(background, 2, 0)
     faces = np.ones(smooth.shape, dtype=bool)
     faces[1:-1, 1:-1, 1:-1] = False
-    if faces_allowed is not None:
-        faces &= faces_allowed
+    faces &= faces_allowed
     seeds[faces] = 2
     seeds[organ] = 1
     # Intensities in units of the crop's spread (air and metal clipped so as not to dominate it): beta then
