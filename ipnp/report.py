@@ -54,6 +54,8 @@ class RoundSummary:
     dice: list[float]  # Dice (%) of those pseudo-labels against labelsTr_full, where known
     organ_dice: dict[int, list[float]]
     organ_precision: dict[int, list[float]]  # precision (%) of the same pseudo-labels, where recorded
+    organ_ml: dict[int, list[float]]  # volume (mL) of the same pseudo-labels, where the voxel's volume is recorded
+    labelled_ml: dict[int, list[float]]  # volume (mL) of each organ in the training cases whose true labels hold it
     reasons: Counter  # (status, reason with numbers elided) of rejected and skipped organs
     seconds: float
     accepted: tuple[float, float] | None  # mean Dice (%) of the labels accepted this round, and of the specialist's masks
@@ -68,10 +70,14 @@ def summarize_round(k: int, status: dict) -> RoundSummary:
     dice: list[float] = []
     organ_dice: dict[int, list[float]] = {}
     organ_precision: dict[int, list[float]] = {}
+    organ_ml: dict[int, list[float]] = {}
+    labelled_ml: dict[int, list[float]] = {}
     reasons: Counter = Counter()
     carried, seconds = 0, status.get("trust", {}).get("seconds", 0.0)
     for entry in status["cases"].values():
         seconds += sum(entry.get("seconds", {}).values())
+        for organ, ml in entry.get("labelled_ml", {}).items():  # absent in rounds stored before it was recorded
+            labelled_ml.setdefault(int(organ), []).append(ml)
         for organ, outcome in entry["organs"].items():
             if outcome["status"] != ACCEPTED:
                 # Numbers (entropies, distances) differ in every reason; without them equal reasons count together.
@@ -83,11 +89,13 @@ def summarize_round(k: int, status: dict) -> RoundSummary:
                     organ_dice.setdefault(int(organ), []).append(100.0 * outcome["dice"])
                 if outcome.get("precision") is not None:  # absent in rounds stored before it was recorded
                     organ_precision.setdefault(int(organ), []).append(100.0 * outcome["precision"])
+                if "voxel_ml" in entry:
+                    organ_ml.setdefault(int(organ), []).append(outcome["voxels"] * entry["voxel_ml"])
     means = accepted_dice(status)
     accepted = None if means is None else (100.0 * means[0], 100.0 * means[1])
     return RoundSummary(k, bool(status.get("entropy_gate")), status["counts"], carried, dice,
-                        dict(sorted(organ_dice.items())), dict(sorted(organ_precision.items())), reasons, seconds,
-                        accepted)
+                        dict(sorted(organ_dice.items())), dict(sorted(organ_precision.items())),
+                        dict(sorted(organ_ml.items())), dict(sorted(labelled_ml.items())), reasons, seconds, accepted)
 
 
 @dataclass
@@ -255,7 +263,7 @@ def _rounds(run: _Run, figures: Path, written: set[str]) -> list[str]:
               "Accepted: the labels this round accepted, and the specialist's own masks of the same organs (its argmax "
               "on voxels free in the ground truth), both against `labelsTr_full/`: the first above the second is what "
               "the generalist and the refinement added.", ""]
-    lines += _organ_dice(run) + _trust(run) + _reasons(run)
+    lines += _organ_dice(run) + _organ_size(run) + _trust(run) + _reasons(run)
     if any(r.dice for r in run.rounds):
         _dice_figure(run, figures / DICE_FIGURE)
         written.add(DICE_FIGURE)
@@ -281,6 +289,33 @@ def _organ_dice(run: _Run) -> list[str]:
     for organ in organs:
         cells = [cell(r, organ) for r in run.rounds]
         lines.append(f"| {organ} | {run.name(organ)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _organ_size(run: _Run) -> list[str]:
+    """Per organ and round, the carried pseudo-labels' median volume against the true labels' (no complete
+    labels needed: on real partial data this is what shows pseudo-labels that teach over-segmentation)."""
+    organs = sorted({o for r in run.rounds for o in r.organ_ml})
+    labelled = run.rounds[-1].labelled_ml
+    if not organs:
+        return []
+    lines = ["Size: median volume (mL) of the carried pseudo-labels, its ratio to the median volume of the organ in "
+             "the training cases whose true labels hold it, and the number of pseudo-labels. A pseudo-label trains "
+             "where it is, so pseudo-labels much larger than the true labels teach the specialist to over-segment; "
+             "organs that the field of view cuts vary in size anyway.", "",
+             "| id | organ | true labels | " + " | ".join(f"round {r.k}" for r in run.rounds) + " |",
+             "|---:|:---|---:|" + "---:|" * len(run.rounds)]
+
+    def cell(r: RoundSummary, organ: int) -> str:
+        if organ not in r.organ_ml:
+            return "–"
+        found = float(np.median(r.organ_ml[organ]))
+        ratio = f", × {found / np.median(labelled[organ]):.2f}" if organ in labelled else ""
+        return f"{found:.2f}{ratio} ({len(r.organ_ml[organ])})"
+
+    for organ in organs:
+        truth = f"{np.median(labelled[organ]):.2f} ({len(labelled[organ])})" if organ in labelled else "–"
+        lines.append(f"| {organ} | {run.name(organ)} | {truth} | " + " | ".join(cell(r, organ) for r in run.rounds) + " |")
     return lines + [""]
 
 

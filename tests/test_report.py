@@ -2,9 +2,11 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 import yaml
 from matplotlib.image import imread
 
@@ -165,13 +167,61 @@ def test_report_rounds_match_the_status_files(run):
             dice_cell, precision_cell = (np.mean([100 * e[key] for e in entries]) for key in ("dice", "precision"))
             organ_cells[o_id] = f"{dice_cell:.2f} / {precision_cell:.2f} ({len(entries)})"
         for o_id, expected in organ_cells.items():
-            assert _row(organs.split("Most common")[0], str(o_id))[1 + k] == expected
+            assert _row(organs.split("Size:")[0], str(o_id))[1 + k] == expected
     assert means[1] < means[3] == 100  # round 3 replaced the trimmed kidneys: the numbers can tell rounds apart
     # Every round's distinct reasons: the failing generalist, the entropy gate, the organ not predicted.
     assert "| 1 | rejected | generalist failed: RuntimeError: server dropped the connection | 1 |" in text
     gate = _statuses(run)[2]["counts"]["rejected"]
     assert f"| 2 | rejected | mean entropy … did not fall below …; previous pseudo-label kept | {gate} |" in text
     assert "| 3 | skipped | the specialist predicts no voxel of this organ" in text
+
+
+def _volumes_ml(path) -> dict[int, float]:
+    """Each organ's volume (mL) in a label file, from its header's spacing."""
+    image = sitk.ReadImage(str(path))
+    counts = np.bincount(sitk.GetArrayFromImage(image).ravel())
+    return {o: n * np.prod(image.GetSpacing()) / 1000 for o, n in enumerate(counts) if o and n}
+
+
+def test_report_sizes_match_the_label_files(run):
+    """The size table, recomputed from the label files alone: the dataset's true labels and each round's merged labels."""
+    text = _section(write_report(run).read_text(), "Pseudo-labels per round").split("Size:")[1].split("\n\n", 2)[1]
+    ds = PartialDataset(yaml.safe_load((run / "config.yaml").read_text())["dataset"])
+    truth: dict[int, list[float]] = {}
+    for case_id in ds.training_ids:
+        for organ, ml in _volumes_ml(ds.case(case_id).label_path).items():
+            truth.setdefault(organ, []).append(ml)
+    carried: dict[int, dict[int, list[float]]] = {}
+    for k, status in _statuses(run).items():
+        for case_id, entry in status["cases"].items():
+            merged = _volumes_ml(run / "rounds" / str(k) / "labels" / f"{case_id}.nii.gz")
+            for organ, outcome in entry["organs"].items():
+                if outcome["pseudo_label"]:
+                    carried.setdefault(int(organ), {}).setdefault(k, []).append(merged.get(int(organ), 0.0))
+    assert carried and len({len(v) for v in truth.values()}) > 1  # organs are labelled in different numbers of cases
+    for organ, rounds in carried.items():
+        cells = _row(text, str(organ))
+        assert cells[2] == f"{np.median(truth[organ]):.2f} ({len(truth[organ])})"
+        for k in (1, 2, 3):
+            found = rounds.get(k)
+            assert cells[2 + k] == ("–" if found is None else
+                                    f"{np.median(found):.2f}, × {np.median(found) / np.median(truth[organ]):.2f} ({len(found)})")
+
+
+def test_size_table_takes_each_cases_voxel_volume_and_medians():
+    """Cases of different spacing: a pseudo-label's volume is its voxels times its own case's voxel volume."""
+    def case(voxel_ml, pseudo_voxels, labelled_ml):
+        outcome = {"status": "accepted", "reason": "", "voxels": pseudo_voxels, "pseudo_label": True, "dice": None}
+        return {"organs": {"2": outcome}, "voxel_ml": voxel_ml, "labelled_ml": labelled_ml}
+
+    status = {"counts": {"accepted": 3, "rejected": 0, "skipped": 0},
+              "cases": {"a": case(0.001, 1000, {"1": 4.0}), "b": case(0.008, 100, {"1": 5.0, "2": 1.0}),
+                        "c": case(0.027, 1000, {"2": 0.5}), "d": {"organs": {}, "labelled_ml": {"2": 0.6}}}}
+    summary = ipnp.report.summarize_round(1, status)
+    assert summary.organ_ml == {2: [1.0, 0.8, 27.0]} and summary.labelled_ml == {1: [4.0, 5.0], 2: [1.0, 0.5, 0.6]}
+    run = ipnp.report._Run(Path("."), None, None, "", [summary], {1: status}, None, {2: "spleen"})
+    table = "\n".join(ipnp.report._organ_size(run))
+    assert _row(table, "2") == ["2", "spleen", "0.60 (3)", "1.00, × 1.67 (3)"]  # medians, not means (9.6 mL)
 
 
 def test_report_figures_are_linked_images_and_the_report_is_stable(run):

@@ -16,7 +16,8 @@ Store, per round ``k``::
     rounds/<k>/labels/<case>.nii.gz        ground truth merged with the pseudo-labels
     rounds/<k>/labels/pseudo_labels.json   {case: [organ ids carrying a pseudo-label]} (for ipnp train --labels)
     rounds/<k>/pseudo_status.json          per case and organ: status, reason, voxels, entropy, Dice, timing;
-                                           the trust test per organ, if made
+                                           per case the voxel's and the true labels' volumes (mL); the
+                                           trust test per organ, if made
 
 ``rounds/<k>`` appears only when the round is complete. Until then the round lives in
 ``rounds/.<k>.ipnp-incomplete/``: ``round.json`` (what the round is: settings, specialist, generalist),
@@ -453,7 +454,25 @@ def _round_case(case: Case, file_ending: str, specialist, generalist: Generalist
     return {
         "organs": {str(o): asdict(v) for o, v in sorted(result.organs.items())},
         "seconds": {key: round(value, 4) for key, value in result.seconds.items()},
+        "voxel_ml": voxel_ml(round_case.geometry),
+        "labelled_ml": labelled_volumes(round_case.ground_truth, round_case.geometry),
     }
+
+
+def voxel_ml(geometry: Geometry) -> float:
+    """The volume of one voxel in millilitres."""
+    return float(np.prod(geometry.spacing)) / 1000.0
+
+
+def labelled_volumes(ground_truth: np.ndarray, geometry: Geometry) -> dict[str, float]:
+    """The volume (mL) of each organ a case's true labels hold, keyed like the status's organs.
+
+    Real partial datasets have no complete labels to score pseudo-labels against; the sizes the true labels
+    give an organ are what a pseudo-label's size can be held to (the report's size table).
+    """
+    counts = np.bincount(ground_truth.ravel())
+    unit = voxel_ml(geometry)
+    return {str(organ): round(float(n) * unit, 4) for organ, n in enumerate(counts) if organ and n}
 
 
 def save_candidates(candidates: CaseCandidates, path: Path) -> None:
