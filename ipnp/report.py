@@ -13,8 +13,9 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 
 import numpy as np
@@ -271,25 +272,30 @@ def _rounds(run: _Run, figures: Path, written: set[str]) -> list[str]:
     return lines
 
 
+def _organ_table(run: _Run, intro: str, organs: list[int], columns: list[tuple[str, Callable[[int], str]]]) -> list[str]:
+    """A paragraph, then a table with a row per organ (id, name) and a (header, organ -> cell) per column."""
+    lines = [intro, "", "| id | organ | " + " | ".join(h for h, _ in columns) + " |", "|---:|:---|" + "---:|" * len(columns)]
+    lines += [f"| {organ} | {run.name(organ)} | " + " | ".join(cell(organ) for _, cell in columns) + " |"
+              for organ in organs]
+    return lines + [""]
+
+
 def _organ_dice(run: _Run) -> list[str]:
     organs = sorted({o for r in run.rounds for o in r.organ_dice})
     if not organs:
         return ["No pseudo-label Dice: the dataset has no `labelsTr_full/` (complete labels of a simulation).", ""]
-    lines = ["Per organ: mean Dice (%) of the carried pseudo-labels (number of cases), and after the slash their "
-             "precision (%), the share of their voxels on the organ: a pseudo-label trains where it is, so its "
-             "wrong voxels are what the specialist learns from it.", "",
-             "| id | organ | " + " | ".join(f"round {r.k}" for r in run.rounds) + " |",
-             "|---:|:---|" + "---:|" * len(run.rounds)]
+
     def cell(r: RoundSummary, organ: int) -> str:
         if organ not in r.organ_dice:
             return "–"
         precision = f" / {np.mean(r.organ_precision[organ]):.2f}" if organ in r.organ_precision else ""
         return f"{np.mean(r.organ_dice[organ]):.2f}{precision} ({len(r.organ_dice[organ])})"
 
-    for organ in organs:
-        cells = [cell(r, organ) for r in run.rounds]
-        lines.append(f"| {organ} | {run.name(organ)} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    return _organ_table(
+        run, "Per organ: mean Dice (%) of the carried pseudo-labels (number of cases), and after the slash their "
+             "precision (%), the share of their voxels on the organ: a pseudo-label trains where it is, so its "
+             "wrong voxels are what the specialist learns from it.",
+        organs, [(f"round {r.k}", partial(cell, r)) for r in run.rounds])
 
 
 def _organ_size(run: _Run) -> list[str]:
@@ -299,12 +305,9 @@ def _organ_size(run: _Run) -> list[str]:
     labelled = run.rounds[-1].labelled_ml
     if not organs:
         return []
-    lines = ["Size: median volume (mL) of the carried pseudo-labels, its ratio to the median volume of the organ in "
-             "the training cases whose true labels hold it, and the number of pseudo-labels. A pseudo-label trains "
-             "where it is, so pseudo-labels much larger than the true labels teach the specialist to over-segment; "
-             "organs that the field of view cuts vary in size anyway.", "",
-             "| id | organ | true labels | " + " | ".join(f"round {r.k}" for r in run.rounds) + " |",
-             "|---:|:---|---:|" + "---:|" * len(run.rounds)]
+
+    def truth(organ: int) -> str:
+        return f"{np.median(labelled[organ]):.2f} ({len(labelled[organ])})" if organ in labelled else "–"
 
     def cell(r: RoundSummary, organ: int) -> str:
         if organ not in r.organ_ml:
@@ -313,10 +316,12 @@ def _organ_size(run: _Run) -> list[str]:
         ratio = f", × {found / np.median(labelled[organ]):.2f}" if organ in labelled else ""
         return f"{found:.2f}{ratio} ({len(r.organ_ml[organ])})"
 
-    for organ in organs:
-        truth = f"{np.median(labelled[organ]):.2f} ({len(labelled[organ])})" if organ in labelled else "–"
-        lines.append(f"| {organ} | {run.name(organ)} | {truth} | " + " | ".join(cell(r, organ) for r in run.rounds) + " |")
-    return lines + [""]
+    return _organ_table(
+        run, "Size: median volume (mL) of the carried pseudo-labels, its ratio to the median volume of the organ in "
+             "the training cases whose true labels hold it, and the number of pseudo-labels. A pseudo-label trains "
+             "where it is, so pseudo-labels much larger than the true labels teach the specialist to over-segment; "
+             "organs that the field of view cuts vary in size anyway.",
+        organs, [("true labels", truth)] + [(f"round {r.k}", partial(cell, r)) for r in run.rounds])
 
 
 def _trust(run: _Run) -> list[str]:
@@ -324,22 +329,20 @@ def _trust(run: _Run) -> list[str]:
     tests = {k: s["trust"]["organs"] for k, s in sorted(run.statuses.items()) if "trust" in s}
     if not tests:
         return []
-    organs = sorted({int(o) for t in tests.values() for o in t})
-    lines = ["Trust test (`refine.trust_cases`): on labelled training cases, mean Dice (%) of the generalist's refined "
-             "masks / of the specialist's own masks, and the refined masks' precision (%) (cases); **not trusted** "
-             "organs got no new pseudo-label that round.",
-             "", "| id | organ | " + " | ".join(f"round {k}" for k in tests) + " |", "|---:|:---|" + "---:|" * len(tests)]
 
-    def cell(t: dict | None) -> str:
+    def cell(test: dict, organ: int) -> str:
+        t = test.get(str(organ))
         if t is None or not t["cases"]:
             return "–"
         precision = f", precision {100 * t['generalist_precision']:.1f}" if "generalist_precision" in t else ""
         text = f"{100 * t['generalist_dice']:.1f} / {100 * t['specialist_dice']:.1f}{precision} ({t['cases']})"
         return text if t["trusted"] else f"**not trusted** {text}"
 
-    for organ in organs:
-        lines.append(f"| {organ} | {run.name(organ)} | " + " | ".join(cell(t.get(str(organ))) for t in tests.values()) + " |")
-    return lines + [""]
+    return _organ_table(
+        run, "Trust test (`refine.trust_cases`): on labelled training cases, mean Dice (%) of the generalist's refined "
+             "masks / of the specialist's own masks, and the refined masks' precision (%) (cases); **not trusted** "
+             "organs got no new pseudo-label that round.",
+        sorted({int(o) for t in tests.values() for o in t}), [(f"round {k}", partial(cell, t)) for k, t in tests.items()])
 
 
 def _reasons(run: _Run) -> list[str]:

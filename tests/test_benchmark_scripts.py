@@ -24,3 +24,33 @@ def test_loss_overhead_times_every_loss_and_its_reductions_agree():
     assert set(rows) == expected, done.stdout
     assert rows["stock DC_and_CE_loss"][1] == 1.0
     assert all(ms > 0 for ms, _ in rows.values())
+
+
+def test_over_segmentation_counts_a_dilated_organ_as_near_false_positives(tmp_path):
+    import numpy as np
+    from scipy import ndimage
+
+    from conftest import SPACING, make_dataset, write_volume
+    from ipnp.data import PartialDataset
+
+    ds = PartialDataset(make_dataset(tmp_path / "ds", n_train=2, n_test=2, shape=(10, 14, 16), seed=1))
+    predictions = tmp_path / "pred"
+    expected = []
+    for case_id in ds.test_ids:
+        reference, _ = ds.case(case_id, "test").load_label()
+        grown = ndimage.binary_dilation(reference == 1) & (reference == 0)
+        predicted = np.where(grown, 1, reference).astype(np.uint8)
+        write_volume(predicted, predictions / f"{case_id}.nii.gz")
+        expected.append(((reference == 1).sum(), grown.sum()))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "over_segmentation.py"), str(ds.root), str(predictions),
+                           "--organs", "1", "2", "--near", str(2 * max(SPACING))],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split()[1]: line.split()[2:] for line in done.stdout.splitlines()[1:]}
+    truth, wrong = (np.array(v) for v in zip(*expected))
+    n, dice, precision, recall, volume, near, far = rows[ds.organ_names[1]]
+    assert int(n) == 2 and float(recall) == 1.0 and int(near) == wrong.sum() and int(far) == 0
+    assert float(dice) == round(100 * np.mean(2 * truth / (2 * truth + wrong)), 2)
+    assert float(precision) == round(truth.sum() / (truth + wrong).sum(), 3) < 1
+    assert float(volume) == round((truth + wrong).sum() / truth.sum(), 2) > 1
+    assert rows[ds.organ_names[2]][1:] == ["100.00", "1.000", "1.000", "1.00", "0", "0"]  # predicted as it is
