@@ -23,6 +23,7 @@ from scipy import ndimage
 
 from ipnp.data import PartialDataset
 from ipnp.data.dataset import read_label
+from ipnp.errors import IpnpError
 
 
 def organ_errors(predicted: np.ndarray, reference: np.ndarray, spacing_zyx: tuple[float, float, float],
@@ -35,18 +36,11 @@ def organ_errors(predicted: np.ndarray, reference: np.ndarray, spacing_zyx: tupl
                      (wrong & (distance <= near_mm)).sum(), (wrong & (distance > near_mm)).sum()])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset")
-    parser.add_argument("predictions", nargs="+")
-    parser.add_argument("--organs", type=int, nargs="+", help="organ ids (default: every organ)")
-    parser.add_argument("--near", type=float, default=10.0, help="mm from the reference that count as near")
-    args = parser.parse_args()
-    dataset = PartialDataset(args.dataset)
-    organs = args.organs or list(dataset.organ_ids)
+def print_table(dataset: PartialDataset, folders: list[Path], organs: list[int], near_mm: float) -> None:
+    """One row per prediction folder and organ (see the module's docstring)."""
     print(f"{'predictions':<48} {'organ':<14} {'n':>3} {'Dice':>6} {'prec.':>6} {'recall':>6} {'vol.x':>6} "
           f"{'FP near':>8} {'FP far':>8}")
-    for folder in map(Path, args.predictions):
+    for folder in folders:
         totals = {o: np.zeros(4, dtype=np.int64) for o in organs}
         dices: dict[int, list[float]] = {o: [] for o in organs}
         for case_id in dataset.test_ids:
@@ -56,7 +50,7 @@ def main() -> None:
                 truth = reference == organ
                 if not truth.any():
                     continue
-                counts = organ_errors(predicted == organ, truth, geometry.spacing_zyx, args.near)
+                counts = organ_errors(predicted == organ, truth, geometry.spacing_zyx, near_mm)
                 totals[organ] += counts
                 tp, fn, fp = counts[0], counts[1], counts[2] + counts[3]
                 dices[organ].append(2 * tp / (2 * tp + fn + fp))
@@ -68,6 +62,20 @@ def main() -> None:
             print(f"{str(folder)[-48:]:<48} {dataset.organ_names[organ][:14]:<14} {len(dices[organ]):>3} "
                   f"{100 * np.mean(dices[organ]):>6.2f} {precision:>6.3f} {tp / (tp + fn):>6.3f} "
                   f"{(tp + near + far) / (tp + fn):>6.2f} {near:>8d} {far:>8d}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset")
+    parser.add_argument("predictions", type=Path, nargs="+")
+    parser.add_argument("--organs", type=int, nargs="+", help="organ ids (default: every organ)")
+    parser.add_argument("--near", type=float, default=10.0, help="mm from the reference that count as near")
+    args = parser.parse_args()
+    try:
+        dataset = PartialDataset(args.dataset)
+        print_table(dataset, args.predictions, args.organs or list(dataset.organ_ids), args.near)
+    except IpnpError as exc:  # a missing or unreadable file: one line, not a traceback
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -54,3 +54,6 @@ def test_over_segmentation_counts_a_dilated_organ_as_near_false_positives(tmp_pa
     assert float(precision) == round(truth.sum() / (truth + wrong).sum(), 3) < 1
     assert float(volume) == round((truth + wrong).sum() / truth.sum(), 2) > 1
     assert rows[ds.organ_names[2]][1:] == ["100.00", "1.000", "1.000", "1.00", "0", "0"]  # predicted as it is
+    gone = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "over_segmentation.py"), str(ds.root), str(tmp_path / "none")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert gone.returncode == 1 and gone.stderr.strip().count("\n") == 0 and "file not found" in gone.stderr
