@@ -104,6 +104,13 @@ def _check_type(key: str, value: Any, kind: type) -> Any:
     return value
 
 
+def _check_null(key: str, cls: type, name: str) -> None:
+    """A YAML ``null`` is allowed only where the setting's default is None (off, or the profile's value)."""
+    default = next(f.default for f in fields(cls) if f.name == name)
+    if default is not None:
+        raise IpnpError(f"{key}: null is not allowed here; give a value (default {default!r})")
+
+
 _SCALARS = {
     "profile": str, "epochs": int, "iterations_per_epoch": int, "device": str, "vls": bool, "pseudo_positive_only": bool, "seed": int,
     "rounds.at": list, "rounds.epochs": list, "rounds.gate_from_round": int,
@@ -135,7 +142,7 @@ def _parse(raw: Any) -> RunConfig:
                 raise IpnpError(f"{key}: expected a mapping of settings")
             top[key] = _section(key, value)
         elif key in _SCALARS:
-            top[key] = None if value is None else _check_type(key, value, _SCALARS[key])
+            top[key] = _check_null(key, RunConfig, key) if value is None else _check_type(key, value, _SCALARS[key])
         else:
             raise IpnpError(f"{key}: unknown setting; known: {', '.join(sorted(set(k.split('.')[0] for k in _SCALARS)))}")
     config = RunConfig(**top)
@@ -151,7 +158,9 @@ def _section(name: str, raw: dict) -> Any:
         dotted = f"{name}.{key}"
         if key not in known:
             raise IpnpError(f"{dotted}: unknown setting; known: {', '.join(sorted(known))}")
-        if value is not None:
+        if value is None:
+            _check_null(dotted, cls, key)
+        else:
             value = _check_type(dotted, value, _SCALARS[dotted])
             if isinstance(value, list):
                 item = float if key == "at" else int

@@ -75,6 +75,9 @@ def test_remote_generalist_settings_reach_its_client(monkeypatch):
         ({"epochs": 10, "rounds": {"epochs": [4, 10]}}, "lie between 1 and 9"),
         ({"rounds": {"gate_from_round": 0}}, "rounds.gate_from_round: 0 must be at least 1"),
         ({"rounds": 3}, "rounds: expected a mapping"),
+        # null means "off" or "the profile's" only where the default is None; elsewhere it would slip through
+        ({"refine": {"trust_precision": None}}, "refine.trust_precision: null is not allowed here; give a value (default 0.0)"),
+        ({"vls": None}, "vls: null is not allowed"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path, raw, message):
