@@ -8,6 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from ipnp.device import check_device_name
 from ipnp.errors import IpnpError
 
 
@@ -111,11 +112,15 @@ def _cmd_generalist_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_device_option(p: argparse.ArgumentParser, default: str = "cuda if available") -> None:
+    p.add_argument("--device", help=f"cpu, cuda or cuda:N (default: {default})")
+
+
 def _add_generalist_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generalist", default="classical", help="classical (default), nninteractive or nninteractive-remote")
     p.add_argument("--model-dir", help="nnInteractive model folder (default: $NNINTERACTIVE_MODEL_DIR/models/nnInteractive_v1.0)")
     p.add_argument("--server-url", help="nninteractive-server URL, for nninteractive-remote (API key: $NN_INTERACTIVE_API_KEY)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    _add_device_option(p)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -225,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, help="folder of label maps used instead of labelsTr (e.g. merged pseudo-labels)")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--iterations", type=int, help="override the profile's iterations per epoch")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    _add_device_option(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted training in --out")
     p.add_argument("--seed", type=int, help="seed of the training's random draws (default: unseeded)")
     p.set_defaults(func=_cmd_train)
@@ -235,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", type=Path, help="folder of <case>_0000.nii.gz images")
     p.add_argument("out", type=Path, help="output folder")
     p.add_argument("--probabilities", action="store_true", help="also write <case>.npz with float16 probabilities")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    _add_device_option(p)
     p.add_argument("--mirroring", action=argparse.BooleanOptionalAction, default=None,
                    help="test-time mirroring (default: on for the default profile, off for tiny and quick)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -298,12 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generalist", help="classical (default), nninteractive or nninteractive-remote")
     p.add_argument("--model-dir", help="nnInteractive model folder (default: $NNINTERACTIVE_MODEL_DIR/models/nnInteractive_v1.0)")
     p.add_argument("--server-url", help="nninteractive-server URL, for nninteractive-remote (API key: $NN_INTERACTIVE_API_KEY)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    _add_device_option(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="phantoms, 33%% labels, IPnP with the classical generalist on CPU, and a report")
     p.add_argument("--out", type=Path, default=Path("ipnp-demo"), help="folder for everything (default ./ipnp-demo)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
+    _add_device_option(p, default="cpu")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("benchmark", help="train, predict and score every method of the paper side by side (Table 1)")
@@ -319,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "seeds run one benchmark each into OUT/seed<S>/ and summarise them in OUT/seeds.md")
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--iterations", type=int, help="override the profile's iterations per epoch")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    _add_device_option(p)
     p.add_argument("--config", type=Path, help="YAML run settings for the IPnP runs (see docs/run.md)")
     p.set_defaults(func=_cmd_benchmark)
 
@@ -344,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     logging.getLogger("ipnp").setLevel(logging.DEBUG if args.debug else logging.INFO)
     try:
+        if getattr(args, "device", None) is not None:  # before any work, which may take minutes to reach torch
+            try:
+                check_device_name(args.device)
+            except IpnpError as exc:
+                raise IpnpError(f"--device {exc}") from None
         return args.func(args)
     except (IpnpError, OSError) as exc:  # an OSError here is the environment (a full disk, a permission)
         if args.debug:

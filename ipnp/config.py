@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from ipnp.device import check_device_name
 from ipnp.errors import IpnpError
 from ipnp.generalist.registry import GENERALISTS
 from ipnp.pseudo.refine import RefineSettings
@@ -180,6 +181,12 @@ def _check_ranges(config: RunConfig) -> None:
             raise IpnpError(f"{key}: {getattr(config, key)} must be at least 1")
     if config.seed is not None and config.seed < 0:
         raise IpnpError(f"seed: {config.seed} must not be negative")
+    for key, device in (("device", config.device), ("generalist.device", config.generalist.device)):
+        if device is not None:
+            try:
+                check_device_name(device)
+            except IpnpError as exc:
+                raise IpnpError(f"{key}: {exc}") from None
     if config.generalist.name not in GENERALISTS:
         raise IpnpError(f"generalist.name: {config.generalist.name!r} is unknown; choose one of {', '.join(GENERALISTS)}")
     if config.generalist.retries < 0:

@@ -55,6 +55,7 @@ BAD_CONFIGS = {
     "zero epochs": ({**TINY_RUN, "epochs": 0}, "epochs: 0 must be at least 1"),
     "round after the last epoch": ({**TINY_RUN, "rounds": {"epochs": [1, 3]}}, "rounds: epochs [1, 3]"),
     "wrong type": ({**TINY_RUN, "vls": "yes"}, "vls: expected bool"),
+    "bad device": ({**TINY_RUN, "generalist": {"device": "gpu"}}, "generalist.device: 'gpu' is not a device name"),
 }
 
 
@@ -74,6 +75,14 @@ def test_an_unreadable_config_is_one_line(dataset, tmp_path, capsys, text, messa
         path.write_text(text)
     refused(["run", str(dataset), "--out", str(tmp_path / "run"), "--config", str(path)], dataset, capsys,
             str(path), message)
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "gpu0"])
+def test_a_bad_device_name_is_refused_before_any_work(dataset, tmp_path, capsys, device):
+    # torch alone would reject it only when the first training starts, after a benchmark has written its folder.
+    refused(["benchmark", str(dataset), "--out", str(tmp_path / "bench"), "--device", device], dataset, capsys,
+            f"--device '{device}' is not a device name")
+    assert not (tmp_path / "bench").exists()
 
 
 # --- the output folder -----------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ipnp.device import check_device_name
+
 log = logging.getLogger(__name__)
 
 EXT_TRAINER_DIR = Path(__file__).parent / "nnunet_ext"
@@ -28,7 +30,7 @@ def resolve_device(device: str | None = None) -> torch.device:
         from ipnp.errors import IpnpError
 
         raise IpnpError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(device)
+    return torch.device(check_device_name(device))
 
 
 _PRIMUS_TRAINERS = "nnunetv2.training.nnUNetTrainer.primus.primus_trainers"
