@@ -335,12 +335,14 @@ def _trust(run: _Run) -> list[str]:
         if t is None or not t["cases"]:
             return "–"
         precision = f", precision {100 * t['generalist_precision']:.1f}" if "generalist_precision" in t else ""
+        if t.get("specialist_precision") is not None:
+            precision += f" / {100 * t['specialist_precision']:.1f}"
         text = f"{100 * t['generalist_dice']:.1f} / {100 * t['specialist_dice']:.1f}{precision} ({t['cases']})"
         return text if t["trusted"] else f"**not trusted** {text}"
 
     return _organ_table(
         run, "Trust test (`refine.trust_cases`): on labelled training cases, mean Dice (%) of the generalist's refined "
-             "masks / of the specialist's own masks, and the refined masks' precision (%) (cases); **not trusted** "
+             "masks / of the specialist's own masks, and their precision (%), refined / specialist's (cases); **not trusted** "
              "organs got no new pseudo-label that round.",
         sorted({int(o) for t in tests.values() for o in t}), [(f"round {k}", partial(cell, t)) for k, t in tests.items()])
 

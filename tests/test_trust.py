@@ -10,7 +10,7 @@ from scipy import ndimage
 from ipnp.pseudo.prompts import box_prompts, largest_component
 from ipnp.pseudo.refine import RefineSettings
 from ipnp.pseudo.round import ACCEPTED, REJECTED, run_round
-from ipnp.pseudo.trust import OrganTrust, trust_plan
+from ipnp.pseudo.trust import OrganTrust, organ_trust, trust_plan
 from test_pseudo import BoxGeneralist, StandInSpecialist
 
 
@@ -125,6 +125,15 @@ def test_an_organ_without_samples_is_trusted():
     assert not imprecise.trusted and "precision 0.800 below 0.90 on 3 labelled cases" in imprecise.refusal()
 
 
+def test_samples_stored_without_the_specialists_precision_still_decide():
+    # An unfinished round stored by an earlier version resumes: its samples lack the fourth value.
+    old, new = {1: (0.7, 0.6, 0.8)}, {1: (0.5, 0.6, 0.6, 0.9)}
+    [trust] = organ_trust([old], [1], min_precision=0.75).values()
+    assert trust.trusted and trust.specialist_precision is None and trust.generalist_precision == pytest.approx(0.8)
+    [mixed] = organ_trust([old, new], [1]).values()
+    assert mixed.cases == 2 and mixed.generalist_dice == pytest.approx(0.6) and mixed.specialist_precision is None
+
+
 class SwellingSpecialist(StandInSpecialist):
     """Predicts the complete label, but ``organ`` grown into the background around it by ``grow`` voxels."""
 
@@ -153,9 +162,12 @@ def test_an_organ_whose_refined_masks_are_imprecise_is_trusted_only_below_the_pr
     assert imprecise["cases"] == len(tested) and expected < 0.9
     assert imprecise["generalist_precision"] == pytest.approx(expected)
     assert imprecise["generalist_dice"] == pytest.approx(imprecise["specialist_dice"])
+    # The specialist's own mask is the swollen one, so its precision is the same, and recorded beside it.
+    assert imprecise["specialist_precision"] == pytest.approx(expected)
     assert imprecise["trusted"] is (min_precision == 0.0)
     for organ in ds.organ_ids[1:]:
         assert trust[str(organ)]["generalist_precision"] == pytest.approx(1.0) and trust[str(organ)]["trusted"]
+        assert trust[str(organ)]["specialist_precision"] == pytest.approx(1.0)
 
 
 def test_the_report_shows_the_trust_test_per_organ_and_round(simulated, tmp_path):
@@ -176,7 +188,7 @@ def test_the_report_shows_the_trust_test_per_organ_and_round(simulated, tmp_path
     for organ in ds.organ_ids:
         t = trust[str(organ)]
         cell = (f"{100 * t['generalist_dice']:.1f} / {100 * t['specialist_dice']:.1f}, precision "
-                f"{100 * t['generalist_precision']:.1f} ({t['cases']})")
+                f"{100 * t['generalist_precision']:.1f} / {100 * t['specialist_precision']:.1f} ({t['cases']})")
         [row] = [line for line in table.splitlines() if line.startswith(f"| {organ} | ")]
         assert row.split("|")[3].strip() == (cell if organ != blind else f"**not trusted** {cell}")
     assert "| 1 | rejected | generalist not trusted on this organ" in report

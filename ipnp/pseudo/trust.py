@@ -35,19 +35,26 @@ from ipnp.pseudo.candidate import SKIPPED, NoCandidate, dice, label_scores, refi
 from ipnp.pseudo.prompts import AnatomicalAxes
 from ipnp.pseudo.refine import RefineSettings
 
-# (Dice of the refined generalist mask, Dice of the specialist's mask, precision of the refined generalist mask)
-Sample = tuple[float, float, float]
+# (Dice of the refined generalist mask, Dice of the specialist's mask, precision of the refined generalist mask,
+# precision of the specialist's mask)
+Sample = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
 class OrganTrust:
     """An organ's trust test: mean Dice of the refined generalist masks and of the specialist's masks, the refined
-    masks' mean precision, and the precision they need (``min_precision``)."""
+    masks' mean precision, and the precision they need (``min_precision``).
+
+    ``specialist_precision``, the specialist's masks' mean precision, decides nothing; beside the refined masks'
+    it shows whether the generalist's pseudo-labels would be less precise than what the specialist already
+    predicts (BENCHMARKS.md, session 18). None for samples stored before it was recorded.
+    """
 
     cases: int
     generalist_dice: float | None
     specialist_dice: float | None
     generalist_precision: float | None
+    specialist_precision: float | None = None
     min_precision: float = 0.0
 
     @property
@@ -96,7 +103,9 @@ def case_samples(ground_truth: np.ndarray, predicted: np.ndarray, probs, organs:
         if isinstance(label, NoCandidate) and label.status == SKIPPED:
             continue
         generalist_dice, precision = (0.0, None) if isinstance(label, NoCandidate) else label_scores(label, truth)
-        samples[organ] = (generalist_dice, dice((predicted == organ) & allowed, truth), precision or 0.0)
+        own = (predicted == organ) & allowed
+        own_precision = float((own & truth).sum() / own.sum()) if own.any() else 0.0
+        samples[organ] = (generalist_dice, dice(own, truth), precision or 0.0, own_precision)
     return samples
 
 
@@ -105,6 +114,8 @@ def organ_trust(samples: list[dict[int, Sample]], organ_ids, min_precision: floa
     trust = {}
     for organ in organ_ids:
         found = [s[organ] for s in samples if organ in s]
+        # zip stops at the shortest sample: a round resumed from samples stored without the specialist's
+        # precision averages the three values they have.
         means = [float(np.mean(d)) for d in zip(*found)] if found else [None, None, None]
         trust[organ] = OrganTrust(len(found), *means, min_precision=min_precision)
     return trust
