@@ -350,10 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ipnp").setLevel(logging.DEBUG if args.debug else logging.INFO)
     try:
         if getattr(args, "device", None) is not None:  # before any work, which may take minutes to reach torch
-            try:
-                check_device_name(args.device)
-            except IpnpError as exc:
-                raise IpnpError(f"--device {exc}") from None
+            check_device_name(args.device)
         return args.func(args)
     except (IpnpError, OSError) as exc:  # an OSError here is the environment (a full disk, a permission)
         if args.debug:

@@ -183,10 +183,7 @@ def _check_ranges(config: RunConfig) -> None:
         raise IpnpError(f"seed: {config.seed} must not be negative")
     for key, device in (("device", config.device), ("generalist.device", config.generalist.device)):
         if device is not None:
-            try:
-                check_device_name(device)
-            except IpnpError as exc:
-                raise IpnpError(f"{key}: {exc}") from None
+            check_device_name(device, key)
     if config.generalist.name not in GENERALISTS:
         raise IpnpError(f"generalist.name: {config.generalist.name!r} is unknown; choose one of {', '.join(GENERALISTS)}")
     if config.generalist.retries < 0:

@@ -13,8 +13,9 @@ from ipnp.errors import IpnpError
 _DEVICE_NAME = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-def check_device_name(name: str) -> str:
-    """Return ``name`` if it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; else raise a one-line error."""
+def check_device_name(name: str, key: str = "--device") -> str:
+    """Return ``name`` if it is ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; else raise a one-line error naming
+    ``key``, the option or config setting it came from."""
     if not _DEVICE_NAME.fullmatch(name):
-        raise IpnpError(f"{name!r} is not a device name: expected cpu, cuda or cuda:N (or auto)")
+        raise IpnpError(f"{key}: {name!r} is not a device name: expected cpu, cuda or cuda:N (or auto)")
     return name

@@ -81,7 +81,7 @@ def test_an_unreadable_config_is_one_line(dataset, tmp_path, capsys, text, messa
 def test_a_bad_device_name_is_refused_before_any_work(dataset, tmp_path, capsys, device):
     # torch alone would reject it only when the first training starts, after a benchmark has written its folder.
     refused(["benchmark", str(dataset), "--out", str(tmp_path / "bench"), "--device", device], dataset, capsys,
-            f"--device '{device}' is not a device name")
+            f"--device: '{device}' is not a device name")
     assert not (tmp_path / "bench").exists()
 
 
