@@ -8,7 +8,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from ipnp.device import check_device_name
+from ipnp.device import check_device
 from ipnp.errors import IpnpError
 
 
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("ipnp").setLevel(logging.DEBUG if args.debug else logging.INFO)
     try:
         if getattr(args, "device", None) is not None:  # before any work, which may take minutes to reach torch
-            check_device_name(args.device)
+            check_device(args.device)
         return args.func(args)
     except (IpnpError, OSError) as exc:  # an OSError here is the environment (a full disk, a permission)
         if args.debug:

@@ -85,6 +85,16 @@ def test_a_bad_device_name_is_refused_before_any_work(dataset, tmp_path, capsys,
     assert not (tmp_path / "bench").exists()
 
 
+@pytest.mark.parametrize("command", ["benchmark", "demo"])
+def test_a_cuda_device_this_machine_lacks_is_refused_before_any_work(dataset, tmp_path, capsys, command):
+    # cuda:99 is missing on a CPU machine and on any GPU machine alike; the demo would first synthesise phantoms.
+    argv = {"benchmark": ["benchmark", str(dataset), "--out", str(tmp_path / "out")],
+            "demo": ["demo", "--out", str(tmp_path / "out")]}[command]
+    line = refused(argv + ["--device", "cuda:99"], dataset, capsys, "--device: 'cuda:99': ")
+    assert "CUDA is not available" in line or "CUDA device(s)" in line, line
+    assert not (tmp_path / "out").exists()
+
+
 # --- the output folder -----------------------------------------------------------------------------
 
 def _commands(dataset: Path, out: Path) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ipnp.device import check_device_name
+from ipnp.device import check_device
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +26,7 @@ def resolve_device(device: str | None = None) -> torch.device:
     """``cuda`` when available unless ``device`` says otherwise."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        from ipnp.errors import IpnpError
-
-        raise IpnpError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(check_device_name(device))
+    return torch.device(check_device(device, "device"))
 
 
 _PRIMUS_TRAINERS = "nnunetv2.training.nnUNetTrainer.primus.primus_trainers"
