@@ -7,6 +7,8 @@ the organs ``partial_labels.json`` lists for them. Each method x ratio is one ru
 
     OUT/runs/<method>/keep<ratio>/   (full-labels: OUT/runs/full-labels/full/; without keep: .../given/)
         specialist/ predictions/ evaluation/summary.json timings.json   (ipnp runs: an ``ipnp run`` folder)
+    OUT/shared/<ratio tag>/marginal-epoch<E>-of<N>/   the training before IPnP's first round, which the
+        ``marginal``, ``ipnp-novls`` and ``ipnp`` columns share (``first_segment_store``)
 
 A run whose ``evaluation/summary.json`` exists is finished and skipped; any other run resumes where it
 stopped. ``OUT/table.md``, ``table.csv`` and ``results.json`` are rewritten from every finished run after
@@ -47,6 +49,7 @@ IPNP_METHODS = ("ipnp-novls", "ipnp")  # run by ipnp.loop.run_ipnp; the others a
 # that says whether the pseudo-label rounds help.
 METHODS = (FULL_LABELS, "full-sup", "partial-sup", "dodnet", "marginal", *IPNP_METHODS)
 FULL_TAG, GIVEN_TAG = "full", "given"
+SHARED = "shared"
 SETTINGS_FILE, CONFIG_FILE = "benchmark.json", "config.yaml"
 TABLE_MD, TABLE_CSV, RESULTS_JSON = "table.md", "table.csv", "results.json"
 
@@ -205,31 +208,53 @@ def _training_data(ds: PartialDataset, out: Path, column: Column, seed: int) -> 
     return path
 
 
+def first_segment_store(out: Path, column: Column, config: RunConfig) -> Path | None:
+    """Where ``column`` shares the marginal-loss training before IPnP's first round with the other columns of
+    its data (``ipnp``, ``ipnp-novls`` and ``marginal``, which trains the same way for the whole budget); None
+    for the methods that train otherwise and for a schedule without rounds.
+
+    Every run of a benchmark has the same settings (``_settle_settings``), so those columns would train these
+    epochs identically (with a seed, to the bit on the CPU); sharing them saves that time and pairs the columns
+    from the same specialist.
+    """
+    if column.method not in ("marginal", *IPNP_METHODS) or not config.round_epochs():
+        return None
+    return out / SHARED / column.tag / f"marginal-epoch{config.round_epochs()[0]}-of{config.total_epochs}"
+
+
 def _run_column(column: Column, dataset: Path, out: Path, config: RunConfig) -> None:
     run_dir = column.run_dir(out)
     if column.finished(out):
         log.info("%s: finished, skipped (%s)", column.title, run_dir)
         return
     log.info("%s: training on %s into %s", column.title, dataset, run_dir)
+    shared = first_segment_store(out, column, config)
     if column.method in IPNP_METHODS:
         from ipnp.loop import run_ipnp
 
-        run_ipnp(dataset, run_dir, replace(config, vls=column.method == "ipnp"), resume=True)
+        run_ipnp(dataset, run_dir, replace(config, vls=column.method == "ipnp"), resume=True, first_segment=shared)
     else:
-        _run_specialist("full-sup" if column.method == FULL_LABELS else column.method, dataset, run_dir, config)
+        _run_specialist("full-sup" if column.method == FULL_LABELS else column.method, dataset, run_dir, config, shared)
 
 
-def _run_specialist(method: str, dataset: Path, run_dir: Path, config: RunConfig) -> None:
-    """Train one specialist, predict the test images and score them, in the layout of an ``ipnp run`` folder."""
+def _run_specialist(method: str, dataset: Path, run_dir: Path, config: RunConfig, shared: Path | None) -> None:
+    """Train one specialist, predict the test images and score them, in the layout of an ``ipnp run`` folder.
+
+    With ``shared`` (``first_segment_store``) the training stops at the first round's epoch to share the model
+    folder there, then goes on.
+    """
     from ipnp.specialist.train import train_specialist
 
     ds = require_valid(dataset)
     run_dir.mkdir(parents=True, exist_ok=True)
     timings = Timings(run_dir)
+    settings = dict(epochs=config.epochs, iterations=config.iterations_per_epoch, device=config.device, resume=True,
+                    seed=config.seed)
     with timings.stage("train"):
-        train_specialist(ds.root, run_dir / SPECIALIST, method, config.profile, epochs=config.epochs,
-                         iterations=config.iterations_per_epoch, device=config.device, resume=True,
-                         seed=config.seed)
+        if shared is not None:
+            train_specialist(ds.root, run_dir / SPECIALIST, method, config.profile, until_epoch=config.round_epochs()[0],
+                             shared=shared, **settings)
+        train_specialist(ds.root, run_dir / SPECIALIST, method, config.profile, **settings)
     with timings.stage("predict"):
         predict_tests(ds, run_dir, config)
     with timings.stage("evaluate"):

@@ -160,10 +160,13 @@ def run_ipnp(
     *,
     resume: bool = False,
     generalist: Generalist | None = None,
+    first_segment: str | os.PathLike | None = None,
 ) -> dict:
     """Run IPnP on ``dataset`` into ``run_dir`` and return the run's summary (see :func:`summarize`).
 
     ``generalist`` replaces the one the configuration names: a Python user's own promptable model.
+    ``first_segment``: the model folder of the training before round 1, shared with other runs of the same
+    data and settings (``train_specialist``'s ``shared``).
     """
     dataset, run_dir = Path(dataset), Path(run_dir)
     ds = require_valid(dataset)
@@ -176,7 +179,7 @@ def run_ipnp(
             _save_config(run_dir, ds.root, config)
         log.info("IPnP on %s into %s (%s)", ds.root, run_dir, "new run" if new else "resumed")
         timings = Timings(run_dir)
-        _train_with_rounds(ds, run_dir, config, timings, generalist)
+        _train_with_rounds(ds, run_dir, config, timings, generalist, first_segment)
         with timings.stage("export"):
             export_completed(ds, run_dir)
         if ds.test_ids:
@@ -192,7 +195,10 @@ def run_ipnp(
         return summarize(run_dir)
 
 
-def _train_with_rounds(ds: PartialDataset, run_dir: Path, config: RunConfig, timings: Timings, generalist: Generalist | None) -> None:
+def _train_with_rounds(
+    ds: PartialDataset, run_dir: Path, config: RunConfig, timings: Timings, generalist: Generalist | None,
+    first_segment: str | os.PathLike | None,
+) -> None:
     from ipnp.specialist.train import train_specialist
 
     round_epochs = config.round_epochs()
@@ -207,7 +213,7 @@ def _train_with_rounds(ds: PartialDataset, run_dir: Path, config: RunConfig, tim
                 ds.root, specialist_dir, method, config.profile, labels_dir=labels, epochs=total,
                 iterations=config.iterations_per_epoch, device=config.device, resume=True,
                 until_epoch=until, init_checkpoint=previous_final, seed=config.seed,
-                pseudo_positive_only=config.pseudo_positive_only,
+                pseudo_positive_only=config.pseudo_positive_only, shared=first_segment if segment == 0 else None,
             )
         previous_final = model_dir / "fold_all" / "checkpoint_final.pth"
         k = segment + 1

@@ -20,6 +20,7 @@ from ipnp.data.io import read_image, write_image
 from ipnp.config import RoundsConfig, RunConfig
 from ipnp.errors import IpnpError
 from ipnp.report import save_figure
+from ipnp.specialist.train import SHARED_JSON, checkpoint_epoch
 from test_loop import make_partial_phantoms
 from test_pseudo import BoxGeneralist
 
@@ -145,6 +146,30 @@ def test_without_keep_methods_train_on_the_given_labels_and_score_only_labeled_o
     assert {o["id"] for o in scores["organs"].values() if o["n"]} == {1, 6}
     assert "| partial-sup DSC (%) |" in table and "| 2 | right kidney | 0 | – | – |" in table
     assert not (tmp_path / "out" / "data").exists()
+
+
+def test_marginal_and_the_ipnp_columns_share_the_training_before_the_first_round(phantoms, tmp_path, monkeypatch):
+    import ipnp.specialist.train as train_module
+
+    starts = []  # the epochs trainings start at (seeded at each start)
+    seed_generators = train_module.seed_generators
+    monkeypatch.setattr(train_module, "seed_generators", lambda seed, epoch: (starts.append(epoch), seed_generators(seed, epoch)))
+    out = tmp_path / "out"
+    run_benchmark(phantoms / "full", out, **{**SETTINGS, "methods": ["ipnp", "ipnp-novls", "marginal"]})
+    # marginal runs first (table order), trains to the round's epoch 1, fills the store and goes on to epoch 2.
+    shared = out / "shared" / "keep0.33" / "marginal-epoch1-of2"
+    assert checkpoint_epoch(shared / "fold_all" / "checkpoint_final.pth") == 1
+    assert starts.count(0) == 2  # initial weights and the first patches, of one training from scratch, not three
+    for method in ("ipnp-novls", "ipnp", "marginal"):
+        run = out / "runs" / method / "keep0.33"
+        assert (run / "evaluation" / "summary.json").is_file()
+        first = next((run / "specialist" / "nnunet" / "results").rglob("nnUNetTrainer_ipnpMarginal__*"))
+        adopted = (first / SHARED_JSON).is_file()
+        assert adopted == (method != "marginal"), method
+        if adopted:
+            assert tree_digest(first / "fold_all")["checkpoint_final.pth"] == tree_digest(shared / "fold_all")["checkpoint_final.pth"]
+    marginal_final = next((out / "runs" / "marginal").rglob("checkpoint_final.pth"))
+    assert checkpoint_epoch(marginal_final) == 2
 
 
 def test_other_settings_are_refused_in_the_same_folder(bench, phantoms):

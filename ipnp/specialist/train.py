@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
-from ipnp.data.io import read_json, refuse_output_inside, write_json
+from ipnp.data.io import read_json, refuse_output_inside, staged_dir, write_json
 from ipnp.data.validate import require_valid, require_valid_labels
 from ipnp.errors import IpnpError
 from ipnp.console import stdout_to_log
@@ -28,6 +29,7 @@ METHODS = {
 # The IPnP trainers with pseudo-labels as full evidence (``pseudo_positive_only=False``).
 FULL_EVIDENCE = {"ipnp": "nnUNetTrainer_ipnpVLSFullEvidence", "ipnp-novls": "nnUNetTrainer_ipnpNoVLSFullEvidence"}
 SPECIALIST_JSON = "specialist.json"
+SHARED_JSON = "shared_from.json"  # in a model folder that started as a copy of a shared one
 FOLD = "all"  # every training case trains; all of them need pseudo-labels later
 
 
@@ -56,6 +58,7 @@ def train_specialist(
     init_checkpoint: str | os.PathLike | None = None,
     seed: int | None = None,
     pseudo_positive_only: bool = True,
+    shared: str | os.PathLike | None = None,
 ) -> Path:
     """Train one specialist into ``run_dir`` and return the nnU-Net model folder.
 
@@ -73,6 +76,10 @@ def train_specialist(
 
     ``pseudo_positive_only=False`` trains ``ipnp`` and ``ipnp-novls`` with pseudo-labels as full evidence
     (``FULL_EVIDENCE``); other methods read no pseudo-labels and ignore it.
+
+    ``shared`` is a model folder that several runs with the same data and settings share up to ``until_epoch``
+    (a benchmark's IPnP columns and ``marginal`` all start with the same marginal-loss training): a run that
+    has no model folder yet starts from a copy of it, and the first run to train that far fills it.
     """
     if method not in METHODS:
         raise IpnpError(f"--method {method}: unknown; choose one of {', '.join(METHODS)}")
@@ -112,9 +119,13 @@ def train_specialist(
         "device": str(torch_device),
         "seed": seed,
     }
+    if shared is not None:
+        _adopt_shared(Path(shared), model_dir, stop)
     # Checked before preprocessing, so that resuming a finished run costs nothing.
     if checkpoint_epoch(model_dir / f"fold_{FOLD}" / "checkpoint_final.pth") >= stop:
         log.info("%s: training up to epoch %d already finished", run_dir, stop)
+        if shared is not None:
+            _fill_shared(model_dir, Path(shared), stop)
         write_json(record, record_path)
         return model_dir
 
@@ -148,8 +159,28 @@ def train_specialist(
         seed_generators(seed, trainer.current_epoch)  # patches and augmentation, from the epoch training starts at
     trainer.num_epochs = stop
     trainer.run_training()
+    if shared is not None:
+        _fill_shared(model_dir, Path(shared), stop)
     write_json(record, record_path)
     return model_dir
+
+
+def _adopt_shared(shared: Path, model_dir: Path, stop: int) -> None:
+    """Start ``model_dir`` as a copy of ``shared`` if it does not exist and ``shared`` has trained to ``stop``."""
+    if model_dir.exists() or checkpoint_epoch(shared / f"fold_{FOLD}" / "checkpoint_final.pth") != stop:
+        return
+    log.info("%s: its first %d epochs are %s's, shared", model_dir, stop, shared)
+    with staged_dir(model_dir) as staging:
+        shutil.copytree(shared, staging, dirs_exist_ok=True)
+        write_json({"shared": str(shared.absolute()), "epochs": stop}, staging / SHARED_JSON)
+
+
+def _fill_shared(model_dir: Path, shared: Path, stop: int) -> None:
+    """Copy ``model_dir`` to ``shared`` if nothing is there yet and it has trained exactly to ``stop``."""
+    if shared.exists() or checkpoint_epoch(model_dir / f"fold_{FOLD}" / "checkpoint_final.pth") != stop:
+        return
+    with staged_dir(shared) as staging:
+        shutil.copytree(model_dir, staging, dirs_exist_ok=True, ignore=shutil.ignore_patterns(SHARED_JSON))
 
 
 def seed_generators(seed: int, epoch: int) -> None:
