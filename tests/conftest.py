@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import SimpleITK as sitk
 
 # nnU-Net reads these when it is imported; tests never touch a user's nnU-Net folders.
 _NNUNET_HOME = Path(tempfile.mkdtemp(prefix="ipnp-tests-nnunet-"))
+atexit.register(shutil.rmtree, _NNUNET_HOME, ignore_errors=True)
 for _var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
     os.environ.setdefault(_var, str(_NNUNET_HOME / _var))
 os.environ.setdefault("nnUNet_def_n_proc", "1")
