@@ -76,7 +76,7 @@ def test_remote_generalist_settings_reach_its_client(monkeypatch):
         ({"rounds": {"gate_from_round": 0}}, "rounds.gate_from_round: 0 must be at least 1"),
         ({"rounds": 3}, "rounds: expected a mapping"),
         # null means "off" or "the profile's" only where the default is None; elsewhere it would slip through
-        ({"refine": {"trust_precision": None}}, "refine.trust_precision: null is not allowed here; give a value (default 0.0)"),
+        ({"refine": {"trust_precision": None}}, "refine.trust_precision: null is not allowed here; give a value (default 0.6)"),
         ({"vls": None}, "vls: null is not allowed"),
     ],
 )
