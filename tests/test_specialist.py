@@ -155,6 +155,30 @@ def test_pseudo_labels_as_full_evidence_train_the_papers_loss(partial, tmp_path)
     assert not novls.voxel_selection and not novls.pseudo_positive_only
 
 
+def test_training_that_continues_a_model_keeps_its_plans(marginal_run, partial, tmp_path):
+    """A benchmark column that adopts the shared first segment continues it in a new run folder, on labels
+    with pseudo-labels. nnU-Net's fingerprint takes intensity statistics under the labels, so planning
+    again there would normalise the images differently from the ones the model learned on."""
+    from ipnp.specialist.train import train_specialist
+
+    def intensities(plans: Path) -> dict:
+        return json.loads(plans.read_text())["foreground_intensity_properties_per_channel"]
+
+    labels = tmp_path / "merged"
+    full_labels_as_pseudo(partial, labels)
+    start = next(marginal_run.rglob("checkpoint_final.pth"))
+    learned = intensities(start.parents[1] / "plans.json")
+    fresh = tmp_path / "fresh"
+    train_specialist(partial, fresh, "ipnp", "tiny", labels_dir=labels, epochs=1, iterations=2, device="cpu")
+    assert intensities(next(fresh.rglob("nnUNetPlans.json"))) != learned  # these labels plan other statistics
+
+    run = tmp_path / "continued"
+    model = train_specialist(partial, run, "ipnp", "tiny", labels_dir=labels, epochs=3, iterations=2, device="cpu",
+                             until_epoch=3, init_checkpoint=start)
+    assert intensities(next(run.rglob("nnUNetPlans.json"))) == learned
+    assert intensities(model / "plans.json") == learned
+
+
 def test_pseudo_label_round_with_the_trained_specialist_and_nninteractive(marginal_run, partial, tmp_path):
     """The real chain: tiny specialist -> box prompts -> nnInteractive session (test checkpoint) -> store."""
     from nninteractive_checkpoint import build_checkpoint

@@ -80,10 +80,15 @@ def prepare(
     labels_dir: Path | None = None,
     pseudo: dict[str, list[int]] | None = None,
     num_processes: int = 1,
+    plans_of: Path | None = None,
 ) -> Prepared:
     """Plan (once) and preprocess the dataset for nnU-Net, and record each case's organ status.
 
     Preprocessing runs again on every call, because the labels may have changed (a new pseudo-label round).
+
+    ``plans_of`` is the model folder that training continues from: its plans replace any others. nnU-Net's
+    CT normalisation takes its statistics from the voxels under the labels, so planning again on labels with
+    pseudo-labels would normalise the images differently from the ones the model learned on.
     """
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints,
@@ -94,7 +99,13 @@ def prepare(
     raw = write_raw_dataset(dataset, folders["nnUNet_raw"], labels_dir)
     preprocessed = folders["nnUNet_preprocessed"] / DATASET_NAME
     plans_file = preprocessed / f"{PLANS}.json"
-    if not plans_file.is_file():
+    if plans_of is not None:
+        preprocessed.mkdir(parents=True, exist_ok=True)
+        for source, target in ((Path(plans_of) / "plans.json", plans_file),
+                               (Path(plans_of) / "dataset_fingerprint.json", preprocessed / "dataset_fingerprint.json"),
+                               (raw / "dataset.json", preprocessed / "dataset.json")):
+            write_json(read_json(source), target)
+    elif not plans_file.is_file():
         # nnU-Net's planner crashes with nnUNet_n_proc_DA=0 (torch.set_num_threads(0)).
         saved = os.environ.get("nnUNet_n_proc_DA")
         os.environ["nnUNet_n_proc_DA"] = "1"

@@ -137,6 +137,7 @@ def train_specialist(
     prepared = prepare(
         ds, folders, prof, labels_dir=Path(labels_dir) if labels_dir else None, pseudo=read_pseudo_manifest(labels_dir),
         num_processes=int(os.environ["nnUNet_def_n_proc"]),
+        plans_of=Path(init_checkpoint).parents[1] if init_checkpoint is not None else None,
     )
     with stdout_to_log("nnU-Net"):
         trainer = _build_trainer(trainer_name, prepared.preprocessed, prepared.configuration, torch_device, resume)
