@@ -8,7 +8,8 @@ the organs ``partial_labels.json`` lists for them. Each method x ratio is one ru
     OUT/runs/<method>/keep<ratio>/   (full-labels: OUT/runs/full-labels/full/; without keep: .../given/)
         specialist/ predictions/ evaluation/summary.json timings.json   (ipnp runs: an ``ipnp run`` folder)
     OUT/shared/<ratio tag>/marginal-epoch<E>-of<N>/   the training before IPnP's first round, which the
-        ``marginal``, ``ipnp-novls`` and ``ipnp`` columns share (``first_segment_store``)
+        ``marginal``, ``ipnp-novls`` and ``ipnp`` columns share (``first_segment_store``); ``share_from``
+        copies it from another benchmark, so that an ablation's columns start from that benchmark's specialist
 
 A run whose ``evaluation/summary.json`` exists is finished and skipped; any other run resumes where it
 stopped. ``OUT/table.md``, ``table.csv`` and ``results.json`` are rewritten from every finished run after
@@ -23,6 +24,7 @@ import logging
 import os
 import platform
 import shlex
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,7 +32,9 @@ import yaml
 
 from ipnp.config import RunConfig, dump_config, parse_config
 from ipnp.data.dataset import LABELS_TS, PartialDataset
-from ipnp.data.io import atomic_path, read_json, refuse_output_inside, write_csv, write_json
+from ipnp.data.io import (
+    atomic_path, ensure_dir, read_json, refuse_output_inside, staged_dir, write_csv, write_json,
+)
 from ipnp.data.validate import require_valid
 from ipnp.errors import IpnpError
 from ipnp.evaluation.evaluate import SUMMARY_JSON
@@ -51,6 +55,7 @@ METHODS = (FULL_LABELS, "full-sup", "partial-sup", "dodnet", "marginal", *IPNP_M
 FULL_TAG, GIVEN_TAG = "full", "given"
 SHARED = "shared"
 SETTINGS_FILE, CONFIG_FILE = "benchmark.json", "config.yaml"
+SHARED_FROM_FILE = "shared_from.json"  # in OUT/shared/: the benchmark whose first segments were copied
 TABLE_MD, TABLE_CSV, RESULTS_JSON = "table.md", "table.csv", "results.json"
 
 
@@ -127,11 +132,14 @@ def run_benchmark(
     iterations: int | None = None,
     device: str | None = None,
     config: RunConfig | None = None,
+    share_from: str | os.PathLike | None = None,
 ) -> Path:
     """Train, predict and score every method x ratio into ``out``; return the path of ``out/table.md``.
 
     ``profile``, ``epochs``, ``iterations`` and ``device`` override ``config`` (the settings of the IPnP
     runs: rounds, refinement, generalist); every method trains with the same profile, epochs and iterations.
+    ``share_from`` is another benchmark of the same dataset, seed and training schedule whose first segments
+    (``first_segment_store``) the columns here start from instead of training their own (``adopt_first_segments``).
     """
     dataset, out = Path(dataset), Path(out)
     columns = plan_columns(keep, methods)
@@ -139,10 +147,14 @@ def run_benchmark(
         raise IpnpError(f"--seed {seed}: must not be negative")
     config = _effective_config(config or RunConfig(), profile, epochs, iterations, device)
     ds = _check_dataset(dataset, out, simulate=keep is not None)
+    if share_from is not None:
+        check_share_source(Path(share_from), out, ds.root, seed, config)
     with run_lock(out), run_log(out):
         _settle_settings(out, ds.root, seed, config)
         sources = {c.keep: _training_data(ds, out, c, seed) for c in columns}
         seeded = replace(config, seed=seed)
+        if share_from is not None:
+            adopt_first_segments(Path(share_from), out, columns, seeded)
         for column in columns:
             _run_column(column, sources[column.keep], out, seeded)
             write_outputs(out)
@@ -222,6 +234,55 @@ def first_segment_store(out: Path, column: Column, config: RunConfig) -> Path | 
     return out / SHARED / column.tag / f"marginal-epoch{config.round_epochs()[0]}-of{config.total_epochs}"
 
 
+def check_share_source(source: Path, out: Path, dataset: Path, seed: int, config: RunConfig) -> RunConfig:
+    """Refuse ``source`` unless it is a benchmark of ``dataset`` with ``seed`` and the training schedule of
+    ``config`` before the first round; return its configuration."""
+    if source.absolute() == out.absolute():
+        raise IpnpError(f"--share-from {source}: is --out itself")
+    if not (source / SETTINGS_FILE).is_file() or not (source / CONFIG_FILE).is_file():
+        raise IpnpError(f"--share-from {source}: not an ipnp benchmark (no {SETTINGS_FILE} and {CONFIG_FILE})")
+    theirs = read_json(source / SETTINGS_FILE)
+    if theirs != {"dataset": str(dataset.absolute()), "seed": seed}:
+        raise IpnpError(f"--share-from {source}: a benchmark of {theirs['dataset']} with seed {theirs['seed']}, "
+                        f"not of {dataset.absolute()} with seed {seed}")
+    their_config = parse_config(yaml.safe_load((source / CONFIG_FILE).read_text()), str(source / CONFIG_FILE))
+    schedule = ("profile", "epochs", "iterations_per_epoch")
+    differs = [name for name in schedule if getattr(their_config, name) != getattr(config, name)]
+    if differs or their_config.round_epochs()[:1] != config.round_epochs()[:1]:
+        raise IpnpError(f"--share-from {source}: trains another schedule before the first round "
+                        f"({', '.join(differs) or 'the first round'} differs); it cannot share its first segment")
+    return their_config
+
+
+def adopt_first_segments(source: Path, out: Path, columns: list[Column], config: RunConfig) -> None:
+    """Copy the first segments ``columns`` share (``first_segment_store``) from benchmark ``source`` into
+    ``out/shared`` where they are missing, so that a paired ablation differs from ``source`` by the rounds alone.
+
+    ``source`` (checked by ``check_share_source``) must hold the segment of every such column, trained on the
+    same simulated labels; it is only read.
+    """
+    copies = []
+    for column in columns:
+        mine = first_segment_store(out, column, config)
+        if mine is None or mine.exists():
+            continue
+        theirs = source / mine.relative_to(out)
+        if not theirs.is_dir():
+            raise IpnpError(f"--share-from {source}: holds no first segment for {column.title} ({theirs} is "
+                            f"missing); run its marginal or ipnp column first")
+        labels = Path("data") / column.tag / "partial_labels.json"
+        if column.keep is not None and read_json(source / labels) != read_json(out / labels):
+            raise IpnpError(f"--share-from {source}: its simulated labels of {column.tag} differ from these")
+        copies.append((theirs, mine))
+    if copies:
+        ensure_dir(out / SHARED)
+        write_json({"benchmark": str(source.absolute())}, out / SHARED / SHARED_FROM_FILE)
+    for theirs, mine in copies:
+        log.info("first segment copied from %s to %s", theirs, mine)
+        with staged_dir(mine) as staging:
+            shutil.copytree(theirs, staging, dirs_exist_ok=True)
+
+
 def _run_column(column: Column, dataset: Path, out: Path, config: RunConfig) -> None:
     run_dir = column.run_dir(out)
     if column.finished(out):
@@ -279,6 +340,9 @@ def finished_columns(out: Path) -> list[Column]:
 def write_outputs(out: Path) -> Path:
     """(Re)write ``table.md``, ``table.csv`` and ``results.json`` from the finished runs; return table.md."""
     settings = read_json(out / SETTINGS_FILE)
+    shared_from = out / SHARED / SHARED_FROM_FILE
+    if shared_from.is_file():
+        settings = {**settings, "shared_from": read_json(shared_from)["benchmark"]}
     config = parse_config(yaml.safe_load((out / CONFIG_FILE).read_text()), str(out / CONFIG_FILE))
     columns = finished_columns(out)
     runs = [_run_record(out, c) for c in columns]
@@ -290,11 +354,16 @@ def write_outputs(out: Path) -> Path:
         f"{machine['platform']}, {machine['cpus']} CPUs, torch device {machine['torch_device']}\n\n"
         f"Command: `{command}`\n"
     )
-    wall = ["| run | wall time (min) | folder |", "| :--- | ---: | :--- |"] + [
-        f"| {r['title']} | {r['seconds'] / 60:.1f} | `{r['run_dir']}` |" for r in runs
+    wall = ["| run | wall time (min) | shared first segment (min) | folder |", "| :--- | ---: | ---: | :--- |"] + [
+        f"| {r['title']} | {r['seconds'] / 60:.1f} | {_minutes(r['shared_seconds'])} | `{r['run_dir']}` |" for r in runs
     ]
+    note = (
+        "\nA run that started from the shared first segment (`shared/`) did not train it: its wall time leaves it "
+        "out, and the next column gives the training time of those epochs (from nnU-Net's epoch timestamps; –: "
+        "the run trained its own, or started from a segment that did not record it).\n"
+    )
     with atomic_path(out / TABLE_MD) as tmp:
-        tmp.write_text(f"# Benchmark\n\n{header}\n{table.markdown()}\n## Wall time\n\n" + "\n".join(wall) + "\n")
+        tmp.write_text(f"# Benchmark\n\n{header}\n{table.markdown()}\n## Wall time\n\n" + "\n".join(wall) + "\n" + note)
     write_csv(*table.csv(), out / TABLE_CSV)
     write_json({**settings, "profile": config.profile, "machine": machine, "command": command, "runs": runs,
                 "table": table.records()}, out / RESULTS_JSON)
@@ -309,8 +378,24 @@ def _run_record(out: Path, column: Column) -> dict:
         "title": column.title,
         "run_dir": str(run_dir.relative_to(out)),
         "seconds": round(sum(read_json(run_dir / TIMINGS_FILE).values()), 2),
+        "shared_seconds": _shared_seconds(run_dir),
         "summary": read_json(run_dir / EVALUATION / SUMMARY_JSON),
     }
+
+
+def _shared_seconds(run_dir: Path) -> float | None:
+    """Training seconds of the shared first segment a run started from; None if it trained its own.
+
+    Model folders adopted before these seconds were recorded say nothing of them: also None.
+    """
+    from ipnp.specialist.train import SHARED_JSON
+
+    records = [read_json(p) for p in (run_dir / SPECIALIST).rglob(SHARED_JSON)]
+    return next((r["seconds"] for r in records if "seconds" in r), None)
+
+
+def _minutes(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds / 60:.1f}"
 
 
 def _machine(device: str) -> dict:
@@ -335,4 +420,6 @@ def _command(out: Path, settings: dict, config: RunConfig, columns: list[Column]
     words = ["ipnp", "benchmark", settings["dataset"]] + (["--keep", *ratios] if ratios else [])
     words += ["--methods", *methods, "--profile", config.profile, "--seed", str(settings["seed"])]
     words += ["--config", str(out / CONFIG_FILE), "--out", str(out)]
+    if "shared_from" in settings:
+        words += ["--share-from", settings["shared_from"]]
     return shlex.join(words)

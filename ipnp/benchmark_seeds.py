@@ -37,10 +37,14 @@ def seed_dir(out: Path, seed: int) -> Path:
     return out / f"{SEED_PREFIX}{seed}"
 
 
-def run_seeds(dataset: str | os.PathLike, out: str | os.PathLike, seeds: list[int], **settings) -> Path:
+def run_seeds(
+    dataset: str | os.PathLike, out: str | os.PathLike, seeds: list[int], share_from: str | os.PathLike | None = None,
+    **settings,
+) -> Path:
     """Run :func:`ipnp.benchmark.run_benchmark` once per seed into ``out/seed<S>``; return ``out/seeds.md``.
 
-    ``settings`` are run_benchmark's keyword arguments other than ``seed``.
+    ``settings`` are run_benchmark's keyword arguments other than ``seed``; ``share_from``, a multi-seed
+    benchmark, gives each seed its own ``share_from/seed<S>``.
     """
     out = Path(out)
     if len(set(seeds)) != len(seeds):
@@ -48,7 +52,8 @@ def run_seeds(dataset: str | os.PathLike, out: str | os.PathLike, seeds: list[in
     if (out / SETTINGS_FILE).is_file():
         raise IpnpError(f"{out}: holds a single-seed benchmark; give its one --seed or choose another --out")
     for seed in seeds:
-        run_benchmark(dataset, seed_dir(out, seed), seed=seed, **settings)
+        source = None if share_from is None else seed_dir(Path(share_from), seed)
+        run_benchmark(dataset, seed_dir(out, seed), seed=seed, share_from=source, **settings)
         write_seed_summary(out)
     return out / SEEDS_MD
 

@@ -155,7 +155,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     settings = dict(
         keep=args.keep, methods=args.methods or default_methods(args.keep is not None),
         profile=args.profile or (config or RunConfig()).profile, epochs=args.epochs, iterations=args.iterations,
-        device=args.device, config=config,
+        device=args.device, config=config, share_from=args.share_from,
     )
     if len(args.seed) == 1:
         table = run_benchmark(args.dataset, args.out, seed=args.seed[0], **settings)
@@ -326,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="override the profile's iterations per epoch")
     _add_device_option(p)
     p.add_argument("--config", type=Path, help="YAML run settings for the IPnP runs (see docs/run.md)")
+    p.add_argument("--share-from", type=Path, metavar="BENCH",
+                   help="start marginal, ipnp-novls and ipnp from BENCH's training before the first round (same "
+                        "dataset, seed and schedule), so that they differ from BENCH's columns by the rounds alone")
     p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser("report", help="(re)write RUN/report.md and its figures")

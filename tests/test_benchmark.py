@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -20,7 +21,7 @@ from ipnp.data.io import read_image, write_image
 from ipnp.config import RoundsConfig, RunConfig
 from ipnp.errors import IpnpError
 from ipnp.report import save_figure
-from ipnp.specialist.train import SHARED_JSON, checkpoint_epoch
+from ipnp.specialist.train import SHARED_JSON, checkpoint_epoch, checkpoint_training_seconds
 from test_loop import make_partial_phantoms
 from test_pseudo import BoxGeneralist
 
@@ -148,14 +149,27 @@ def test_without_keep_methods_train_on_the_given_labels_and_score_only_labeled_o
     assert not (tmp_path / "out" / "data").exists()
 
 
-def test_marginal_and_the_ipnp_columns_share_the_training_before_the_first_round(phantoms, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def shared_bench(phantoms, tmp_path_factory) -> tuple[Path, list[int]]:
+    """A benchmark of ``marginal``, ``ipnp-novls`` and ``ipnp``; the epochs its trainings started at."""
     import ipnp.specialist.train as train_module
 
-    starts = []  # the epochs trainings start at (seeded at each start)
+    starts = []  # seeded at each start
     seed_generators = train_module.seed_generators
-    monkeypatch.setattr(train_module, "seed_generators", lambda seed, epoch: (starts.append(epoch), seed_generators(seed, epoch)))
-    out = tmp_path / "out"
-    run_benchmark(phantoms / "full", out, **{**SETTINGS, "methods": ["ipnp", "ipnp-novls", "marginal"]})
+    out = tmp_path_factory.mktemp("shared-bench") / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_module, "seed_generators", lambda seed, epoch: (starts.append(epoch), seed_generators(seed, epoch)))
+        run_benchmark(phantoms / "full", out, **{**SETTINGS, "methods": ["ipnp", "ipnp-novls", "marginal"]})
+    return out, starts
+
+
+def first_model(run: Path) -> Path:
+    """The model folder of a run's training before the first round."""
+    return next((run / "specialist" / "nnunet" / "results").rglob("nnUNetTrainer_ipnpMarginal__*"))
+
+
+def test_marginal_and_the_ipnp_columns_share_the_training_before_the_first_round(shared_bench):
+    out, starts = shared_bench
     # marginal runs first (table order), trains to the round's epoch 1, fills the store and goes on to epoch 2.
     shared = out / "shared" / "keep0.33" / "marginal-epoch1-of2"
     assert checkpoint_epoch(shared / "fold_all" / "checkpoint_final.pth") == 1
@@ -163,13 +177,68 @@ def test_marginal_and_the_ipnp_columns_share_the_training_before_the_first_round
     for method in ("ipnp-novls", "ipnp", "marginal"):
         run = out / "runs" / method / "keep0.33"
         assert (run / "evaluation" / "summary.json").is_file()
-        first = next((run / "specialist" / "nnunet" / "results").rglob("nnUNetTrainer_ipnpMarginal__*"))
+        first = first_model(run)
         adopted = (first / SHARED_JSON).is_file()
         assert adopted == (method != "marginal"), method
         if adopted:
             assert tree_digest(first / "fold_all")["checkpoint_final.pth"] == tree_digest(shared / "fold_all")["checkpoint_final.pth"]
     marginal_final = next((out / "runs" / "marginal").rglob("checkpoint_final.pth"))
     assert checkpoint_epoch(marginal_final) == 2
+    # Wall times: the adopting columns name the shared epochs' training time, which marginal spent itself.
+    runs = {r["title"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert runs["marginal 33%"]["shared_seconds"] is None
+    spent = checkpoint_training_seconds(shared / "fold_all" / "checkpoint_final.pth")
+    assert spent > 0
+    for title in ("ipnp-novls 33%", "ipnp 33%"):
+        assert runs[title]["shared_seconds"] == pytest.approx(spent, abs=0.05)
+    assert f"| ipnp 33% | {runs['ipnp 33%']['seconds'] / 60:.1f} | {spent / 60:.1f} |" in (out / "table.md").read_text()
+
+
+def test_share_from_starts_an_ablation_from_another_benchmarks_first_segment(shared_bench, phantoms, tmp_path, monkeypatch):
+    import ipnp.specialist.train as train_module
+
+    source, _ = shared_bench
+    before = tree_digest(source)
+    starts = []
+    seed_generators = train_module.seed_generators
+    monkeypatch.setattr(train_module, "seed_generators", lambda seed, epoch: (starts.append(epoch), seed_generators(seed, epoch)))
+    ablation = replace(TINY, refine=replace(TINY.refine, trust_precision=0.0))
+    out = tmp_path / "ablation"
+    run_benchmark(phantoms / "full", out, **{**SETTINGS, "methods": ["ipnp"], "config": ablation}, share_from=source)
+    assert 0 not in starts  # nothing trained from scratch
+    store = Path("shared") / "keep0.33" / "marginal-epoch1-of2" / "fold_all" / "checkpoint_final.pth"
+    first = first_model(out / "runs" / "ipnp" / "keep0.33")
+    assert tree_digest(first / "fold_all")["checkpoint_final.pth"] == tree_digest(source / store.parent)[store.name]
+    assert tree_digest(source) == before  # the source is only read
+    results = json.loads((out / "results.json").read_text())
+    assert results["shared_from"] == str(source.absolute())
+    assert results["command"].endswith(f"--share-from {source.absolute()}")
+    assert results["runs"][0]["shared_seconds"] == pytest.approx(checkpoint_training_seconds(source / store), abs=0.05)
+    run_benchmark(phantoms / "full", out, **{**SETTINGS, "methods": ["ipnp"], "config": ablation})  # resumes without it
+    assert tree_digest(source) == before
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seed": 6}, "a benchmark of .* with seed 5, not of .* with seed 6"),
+        ({"epochs": 3}, r"trains another schedule before the first round \(epochs differs\)"),
+        ({"methods": ["ipnp"], "keep": [0.67]}, "holds no first segment for ipnp 67%"),
+    ],
+)
+def test_share_from_refuses_a_benchmark_it_cannot_pair_with(shared_bench, phantoms, tmp_path, change, message):
+    source, _ = shared_bench
+    settings = {**SETTINGS, "methods": ["ipnp"], **change}
+    with pytest.raises(IpnpError, match=message) as err:
+        run_benchmark(phantoms / "full", tmp_path / "out", **settings, share_from=source)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out" / "shared").exists() and not (tmp_path / "out" / "runs").exists()
+
+
+def test_share_from_needs_a_benchmark(phantoms, tmp_path):
+    with pytest.raises(IpnpError, match="--share-from .*: not an ipnp benchmark"):
+        run_benchmark(phantoms / "full", tmp_path / "out", **SETTINGS, share_from=phantoms / "full")
+    assert not (tmp_path / "out").exists()
 
 
 def test_other_settings_are_refused_in_the_same_folder(bench, phantoms):
@@ -285,6 +354,13 @@ def test_several_seeds_run_one_benchmark_each(phantoms, tmp_path, capsys):
     assert (out / "seed5/data/keep0.67/partial_labels.json").read_text() != (
         out / "seed6/data/keep0.67/partial_labels.json").read_text()
     assert "| full-sup 67% | 5 6 |" in capsys.readouterr().out
+
+    # --share-from with several seeds takes each seed's benchmark from BENCH/seed<S>.
+    capsys.readouterr()
+    assert main([*argv, "--seed", "5", "6", "--share-from", str(tmp_path / "elsewhere")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"ipnp: error: --share-from {tmp_path / 'elsewhere' / 'seed5'}: not an ipnp benchmark (no benchmark.json and config.yaml)"
+    )
 
     with pytest.raises(IpnpError, match="a seed is named twice"):
         run_seeds(phantoms / "full", out, [5, 5])

@@ -171,9 +171,11 @@ def _adopt_shared(shared: Path, model_dir: Path, stop: int) -> None:
     if model_dir.exists() or checkpoint_epoch(shared / f"fold_{FOLD}" / "checkpoint_final.pth") != stop:
         return
     log.info("%s: its first %d epochs are %s's, shared", model_dir, stop, shared)
+    seconds = checkpoint_training_seconds(shared / f"fold_{FOLD}" / "checkpoint_final.pth")
     with staged_dir(model_dir) as staging:
         shutil.copytree(shared, staging, dirs_exist_ok=True)
-        write_json({"shared": str(shared.absolute()), "epochs": stop}, staging / SHARED_JSON)
+        write_json({"shared": str(shared.absolute()), "epochs": stop, "seconds": round(seconds, 1)},
+                   staging / SHARED_JSON)
 
 
 def _fill_shared(model_dir: Path, shared: Path, stop: int) -> None:
@@ -209,6 +211,18 @@ def checkpoint_epoch(path: Path) -> int:
     import torch
 
     return int(torch.load(path, map_location="cpu", weights_only=False)["current_epoch"])
+
+
+def checkpoint_training_seconds(path: Path) -> float:
+    """Seconds a saved nnU-Net checkpoint spent in its epochs, from the timestamps nnU-Net logs per epoch.
+
+    A model that adopted a shared first segment did not spend that time itself; the benchmark adds it back
+    from here so that every column's wall time covers its whole schedule.
+    """
+    import torch
+
+    logged = torch.load(path, map_location="cpu", weights_only=False)["logging"]
+    return float(sum(end - start for start, end in zip(logged["epoch_start_timestamps"], logged["epoch_end_timestamps"])))
 
 
 def _build_trainer(trainer_name: str, preprocessed: Path, configuration: str, device, resume: bool):
