@@ -234,9 +234,9 @@ def first_segment_store(out: Path, column: Column, config: RunConfig) -> Path | 
     return out / SHARED / column.tag / f"marginal-epoch{config.round_epochs()[0]}-of{config.total_epochs}"
 
 
-def check_share_source(source: Path, out: Path, dataset: Path, seed: int, config: RunConfig) -> RunConfig:
+def check_share_source(source: Path, out: Path, dataset: Path, seed: int, config: RunConfig) -> None:
     """Refuse ``source`` unless it is a benchmark of ``dataset`` with ``seed`` and the training schedule of
-    ``config`` before the first round; return its configuration."""
+    ``config`` before the first round."""
     if source.absolute() == out.absolute():
         raise IpnpError(f"--share-from {source}: is --out itself")
     if not (source / SETTINGS_FILE).is_file() or not (source / CONFIG_FILE).is_file():
@@ -251,7 +251,6 @@ def check_share_source(source: Path, out: Path, dataset: Path, seed: int, config
     if differs or their_config.round_epochs()[:1] != config.round_epochs()[:1]:
         raise IpnpError(f"--share-from {source}: trains another schedule before the first round "
                         f"({', '.join(differs) or 'the first round'} differs); it cannot share its first segment")
-    return their_config
 
 
 def adopt_first_segments(source: Path, out: Path, columns: list[Column], config: RunConfig) -> None:
