@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,30 @@ def test_over_segmentation_counts_a_dilated_organ_as_near_false_positives(tmp_pa
     gone = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "over_segmentation.py"), str(ds.root), str(tmp_path / "none")],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert gone.returncode == 1 and gone.stderr.strip().count("\n") == 0 and "file not found" in gone.stderr
+
+
+def test_oracle_labels_give_every_missing_organ_its_reference_as_a_pseudo_label(tmp_path):
+    import importlib.util
+
+    from conftest import tree_digest
+    from ipnp.data import PartialDataset
+    from ipnp.data.io import read_image
+    from ipnp.specialist.train import read_pseudo_manifest
+    from test_loop import make_partial_phantoms
+
+    spec = importlib.util.spec_from_file_location("oracle_rounds", ROOT / "benchmarks" / "oracle_rounds.py")
+    oracle_rounds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(oracle_rounds)
+    ds = PartialDataset(make_partial_phantoms(tmp_path, n_train=6, n_test=1))
+    before = tree_digest(ds.root)
+    labels = oracle_rounds.oracle_labels(ds, tmp_path / "oracle")
+    manifest = read_pseudo_manifest(labels)
+    assert sorted(manifest) == ds.training_ids
+    for case_id in ds.training_ids:
+        case = ds.case(case_id)
+        reference, _ = case.load_full_label()
+        written, _ = read_image(labels / case.label_path.name)
+        assert (written == reference).all()
+        missing = set(np.unique(reference).tolist()) - {0} - set(ds.labeled_organs(case_id))
+        assert manifest[case_id] == sorted(missing) and missing  # 33 % kept: every case lacks organs
+    assert tree_digest(ds.root) == before
