@@ -8,8 +8,9 @@ test cases as the benchmark does, so the result pairs with the benchmark's ``mar
 from the same specialist.
 
 ``--loss vls``: IPnP's own loss (``ipnp`` trainer: pseudo-labels as positive evidence, voxel-level selection),
-the ceiling of IPnP with a perfect generalist. ``--loss full``: full supervision on the reference labels
-(``full-sup`` trainer), the ceiling of any pseudo-labelling that arrives at the first round's epoch.
+the ceiling of IPnP with a perfect generalist; ``--loss novls``: the same without the selection (``ipnp-novls``
+trainer). ``--loss full``: full supervision on the reference labels (``full-sup`` trainer), the ceiling of any
+pseudo-labelling that arrives at the first round's epoch.
 
     python benchmarks/oracle_rounds.py BENCH --keep 0.33 --loss vls --out OUT
 
@@ -22,6 +23,9 @@ import argparse
 import os
 from dataclasses import replace
 from pathlib import Path
+
+
+TRAINED_AS = {"vls": "ipnp", "novls": "ipnp-novls", "full": "full-sup"}  # --loss: the method trained
 
 
 def oracle_labels(dataset, dest: Path) -> Path:
@@ -47,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bench", type=Path, help="a benchmark folder whose shared first segment exists")
     parser.add_argument("--keep", required=True, help="the ratio, as in the benchmark's data/keep<R> (e.g. 0.33)")
-    parser.add_argument("--loss", choices=("vls", "full"), required=True)
+    parser.add_argument("--loss", choices=tuple(TRAINED_AS), required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -74,8 +78,9 @@ def main() -> None:
     dataset = PartialDataset(args.bench / "data" / column.tag)
     args.out.mkdir(parents=True, exist_ok=True)
     labels = oracle_labels(dataset, args.out / "oracle_labels")
-    method, data, labels_dir = ("ipnp", dataset.root, labels) if args.loss == "vls" else (
-        "full-sup", Path(read_json(args.bench / SETTINGS_FILE)["dataset"]), None)
+    method = TRAINED_AS[args.loss]
+    data, labels_dir = (dataset.root, labels) if method != "full-sup" else (
+        Path(read_json(args.bench / SETTINGS_FILE)["dataset"]), None)
     train_specialist(data, args.out / SPECIALIST, method, config.profile, labels_dir=labels_dir,
                      epochs=config.total_epochs, iterations=config.iterations_per_epoch, device=args.device,
                      resume=True, init_checkpoint=start, seed=seed)
