@@ -216,8 +216,8 @@ def checkpoint_epoch(path: Path) -> int:
 def checkpoint_training_seconds(path: Path) -> float:
     """Seconds a saved nnU-Net checkpoint spent in its epochs, from the timestamps nnU-Net logs per epoch.
 
-    A model that adopted a shared first segment did not spend that time itself; the benchmark adds it back
-    from here so that every column's wall time covers its whole schedule.
+    A model that adopted a shared first segment did not spend that time itself; the benchmark reports it from
+    here beside the column's own wall time, so that a reader sees what the whole schedule cost.
     """
     import torch
 
