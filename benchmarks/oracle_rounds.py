@@ -31,6 +31,8 @@ TRAINED_AS = {"vls": "ipnp", "novls": "ipnp-novls", "full": "full-sup"}  # --los
 def oracle_labels(dataset, dest: Path) -> Path:
     """``dest`` with every training case's reference label and ``pseudo_labels.json`` naming the organs its
     partial label lacks (present in the reference), as the loop's merged round labels are laid out."""
+    import numpy as np
+
     from ipnp.data.io import copy_file, staged_dir, write_json
 
     if dest.is_dir():
@@ -40,7 +42,7 @@ def oracle_labels(dataset, dest: Path) -> Path:
         for case_id in dataset.training_ids:
             case = dataset.case(case_id)
             reference, _ = case.load_full_label()
-            present = {int(o) for o in set(reference.ravel().tolist()) if o}
+            present = {int(o) for o in np.unique(reference) if o}
             manifest[case_id] = sorted(present - set(dataset.labeled_organs(case_id)))
             copy_file(case.full_label_path, tmp / case.label_path.name)
         write_json(manifest, tmp / "pseudo_labels.json")
@@ -67,7 +69,8 @@ def main() -> None:
     from ipnp.loop import evaluate_tests, predict_tests, SPECIALIST
     from ipnp.specialist.train import train_specialist
 
-    seed = read_json(args.bench / SETTINGS_FILE)["seed"]
+    settings = read_json(args.bench / SETTINGS_FILE)
+    seed = settings["seed"]
     config = parse_config(yaml.safe_load((args.bench / CONFIG_FILE).read_text()), str(args.bench / CONFIG_FILE))
     config = replace(config, device=args.device, seed=seed)
     column = Column("marginal", float(args.keep))
@@ -80,7 +83,7 @@ def main() -> None:
     labels = oracle_labels(dataset, args.out / "oracle_labels")
     method = TRAINED_AS[args.loss]
     data, labels_dir = (dataset.root, labels) if method != "full-sup" else (
-        Path(read_json(args.bench / SETTINGS_FILE)["dataset"]), None)
+        Path(settings["dataset"]), None)
     train_specialist(data, args.out / SPECIALIST, method, config.profile, labels_dir=labels_dir,
                      epochs=config.total_epochs, iterations=config.iterations_per_epoch, device=args.device,
                      resume=True, init_checkpoint=start, seed=seed)

@@ -187,9 +187,14 @@ def _check_dataset(dataset: Path, out: Path, simulate: bool) -> PartialDataset:
     return ds
 
 
+def _settings(dataset: Path, seed: int) -> dict:
+    """What ``benchmark.json`` holds: the settings, besides ``config.yaml``'s, every run depends on."""
+    return {"dataset": str(dataset.absolute()), "seed": seed}
+
+
 def _settle_settings(out: Path, dataset: Path, seed: int, config: RunConfig) -> None:
     """Save the settings every run depends on, or check that they equal the saved ones."""
-    settings = {"dataset": str(dataset.absolute()), "seed": seed}
+    settings = _settings(dataset, seed)
     saved_path, config_path = out / SETTINGS_FILE, out / CONFIG_FILE
     if saved_path.is_file():
         saved = read_json(saved_path)
@@ -242,7 +247,7 @@ def check_share_source(source: Path, out: Path, dataset: Path, seed: int, config
     if not (source / SETTINGS_FILE).is_file() or not (source / CONFIG_FILE).is_file():
         raise IpnpError(f"--share-from {source}: not an ipnp benchmark (no {SETTINGS_FILE} and {CONFIG_FILE})")
     theirs = read_json(source / SETTINGS_FILE)
-    if theirs != {"dataset": str(dataset.absolute()), "seed": seed}:
+    if theirs != _settings(dataset, seed):
         raise IpnpError(f"--share-from {source}: a benchmark of {theirs['dataset']} with seed {theirs['seed']}, "
                         f"not of {dataset.absolute()} with seed {seed}")
     their_config = parse_config(yaml.safe_load((source / CONFIG_FILE).read_text()), str(source / CONFIG_FILE))

@@ -168,10 +168,13 @@ def train_specialist(
 
 def _adopt_shared(shared: Path, model_dir: Path, stop: int) -> None:
     """Start ``model_dir`` as a copy of ``shared`` if it does not exist and ``shared`` has trained to ``stop``."""
-    if model_dir.exists() or checkpoint_epoch(shared / f"fold_{FOLD}" / "checkpoint_final.pth") != stop:
+    if model_dir.exists():
+        return
+    checkpoint = _load_checkpoint(shared / f"fold_{FOLD}" / "checkpoint_final.pth")
+    if checkpoint is None or checkpoint["current_epoch"] != stop:
         return
     log.info("%s: its first %d epochs are %s's, shared", model_dir, stop, shared)
-    seconds = checkpoint_training_seconds(shared / f"fold_{FOLD}" / "checkpoint_final.pth")
+    seconds = _epoch_seconds(checkpoint)
     with staged_dir(model_dir) as staging:
         shutil.copytree(shared, staging, dirs_exist_ok=True)
         write_json({"shared": str(shared.absolute()), "epochs": stop, "seconds": round(seconds, 1)},
@@ -206,11 +209,8 @@ def seed_generators(seed: int, epoch: int) -> None:
 
 def checkpoint_epoch(path: Path) -> int:
     """The number of epochs a saved nnU-Net checkpoint has trained (0 when there is none)."""
-    if not path.is_file():
-        return 0
-    import torch
-
-    return int(torch.load(path, map_location="cpu", weights_only=False)["current_epoch"])
+    checkpoint = _load_checkpoint(path)
+    return 0 if checkpoint is None else int(checkpoint["current_epoch"])
 
 
 def checkpoint_training_seconds(path: Path) -> float:
@@ -219,9 +219,19 @@ def checkpoint_training_seconds(path: Path) -> float:
     A model that adopted a shared first segment did not spend that time itself; the benchmark reports it from
     here beside the column's own wall time, so that a reader sees what the whole schedule cost.
     """
+    return _epoch_seconds(_load_checkpoint(path))
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
     import torch
 
-    logged = torch.load(path, map_location="cpu", weights_only=False)["logging"]
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _epoch_seconds(checkpoint: dict) -> float:
+    logged = checkpoint["logging"]
     return float(sum(end - start for start, end in zip(logged["epoch_start_timestamps"], logged["epoch_end_timestamps"])))
 
 
